@@ -1,0 +1,227 @@
+#!/usr/bin/env node
+/**
+ * The `affinity` command. Each subcommand parses its arguments, reads the configuration once,
+ * and calls into the library; nothing here holds logic of its own.
+ */
+import { parseArgs } from 'node:util';
+import { Redis } from 'ioredis';
+import { loadConfig } from '../config/config.js';
+import type { Config } from '../config/config.js';
+import { AffinityError } from '../errors.js';
+import { CatalogueError } from '../items/errors.js';
+import { loadCatalogue } from '../items/loaders.js';
+import { ItemStore } from '../items/store.js';
+import { transformCatalogue } from '../items/transform.js';
+import { startOpsServer } from '../ops/http.js';
+import { createLogger } from '../ops/logger.js';
+import type { Logger } from '../ops/logger.js';
+import { WorkerMetrics, createRegistry } from '../ops/metrics.js';
+import { FeatureReader } from '../reader/feature-reader.js';
+import type { FeatureResponse } from '../reader/feature-reader.js';
+import { AffinityWorker } from '../workers/events-worker.js';
+import { extraCommands } from './extra-commands.js';
+
+const USAGE = `usage: affinity <command> [options]
+
+commands:
+  worker                          run the events and item-embeddings consumer
+  items load PATH [--center] [--no-normalize] [--ids FILE] [--format folder|npy|jsonl]
+                                  bulk-load an item catalogue into Redis
+  features --user U --items A,B,C [--at TS_MS] [--json]
+                                  print the features of candidates for a user
+${extraCommands.map((command) => command.usage).join('\n')}
+Configuration comes from AFFINITY_* environment variables (docs/configuration.md).`;
+
+export async function main(argv: readonly string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case 'worker':
+      return runWorker();
+    case 'items':
+      return runItems(rest);
+    case 'features':
+      return runFeatures(rest);
+    case undefined:
+    case 'help':
+    case '--help':
+      console.log(USAGE);
+      return command === undefined ? 2 : 0;
+    default: {
+      const extra = extraCommands.find((candidate) => candidate.name === command);
+      if (extra) return extra.run(rest);
+      console.error(`unknown command "${command}"\n\n${USAGE}`);
+      return 2;
+    }
+  }
+}
+
+async function runWorker(): Promise<number> {
+  const config = loadConfig();
+  const logger = createLogger(config.logLevel, { role: 'worker' });
+  const metrics = new WorkerMetrics(createRegistry(true));
+  const worker = new AffinityWorker(config, logger, metrics);
+  const ops = await startOpsServer(
+    {
+      host: config.httpHost,
+      port: config.httpPort,
+      registry: metrics.registry,
+      isReady: () => worker.ready,
+    },
+    logger,
+  );
+
+  const stopped = stopOnSignals(logger, async () => {
+    await worker.close();
+    await ops.close();
+  });
+  await worker.start();
+  return stopped;
+}
+
+/**
+ * Graceful on the first SIGTERM or SIGINT (finish the batch, commit, disconnect), immediate on
+ * the second. Resolves with the exit code once the graceful stop is done.
+ */
+export function stopOnSignals(logger: Logger, stop: () => Promise<void>): Promise<number> {
+  return new Promise((resolve) => {
+    let stopping = false;
+    const onSignal = (signal: NodeJS.Signals) => {
+      if (stopping) {
+        logger.warn({ signal }, 'second signal: exiting now');
+        process.exit(130);
+      }
+      stopping = true;
+      logger.info({ signal }, 'stopping gracefully; send the signal again to exit at once');
+      stop().then(
+        () => resolve(0),
+        (err: unknown) => {
+          logger.error({ err }, 'graceful stop failed');
+          resolve(1);
+        },
+      );
+    };
+    process.on('SIGTERM', onSignal);
+    process.on('SIGINT', onSignal);
+  });
+}
+
+async function runItems(args: readonly string[]): Promise<number> {
+  const [subcommand, ...rest] = args;
+  if (subcommand !== 'load') throw usage('items: the only subcommand is "load"');
+  const { values, positionals } = parseArgs({
+    args: [...rest],
+    allowPositionals: true,
+    options: {
+      center: { type: 'boolean', default: false },
+      'no-normalize': { type: 'boolean', default: false },
+      ids: { type: 'string' },
+      format: { type: 'string' },
+    },
+  });
+  const path = positionals[0];
+  if (!path) throw usage('items load needs a PATH');
+
+  const config = loadConfig();
+  const format = values.format as 'folder' | 'npy' | 'jsonl' | undefined;
+  const raw = await loadCatalogue(path, {
+    ...(values.ids ? { ids: values.ids } : {}),
+    ...(format ? { format } : {}),
+  });
+  const normalize = !values['no-normalize'];
+  const { catalogue, mean } = transformCatalogue(raw, { center: values.center, normalize });
+
+  const redis = new Redis(config.redisUrl, { maxRetriesPerRequest: 3 });
+  try {
+    const store = new ItemStore(redis, { prefix: config.keyPrefix });
+    const meta = await store.replaceAll(catalogue.ids, catalogue.vectors, {
+      dim: catalogue.dim,
+      centered: values.center,
+      normalized: normalize,
+      mean,
+    });
+    console.log(
+      JSON.stringify({
+        items: meta.count,
+        dim: meta.dim,
+        centered: meta.centered,
+        normalized: meta.normalized,
+        version: meta.version,
+      }),
+    );
+  } finally {
+    await redis.quit();
+  }
+  return 0;
+}
+
+async function runFeatures(args: readonly string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: [...args],
+    options: {
+      user: { type: 'string' },
+      items: { type: 'string' },
+      at: { type: 'string' },
+      json: { type: 'boolean', default: false },
+    },
+  });
+  if (!values.user || !values.items) throw usage('features needs --user and --items');
+  const atMs = values.at === undefined ? Date.now() : Number(values.at);
+  if (!Number.isFinite(atMs)) throw usage('--at must be epoch milliseconds');
+
+  const config: Config = loadConfig();
+  const reader = FeatureReader.fromConfig(config, await extraNeuralSource(config));
+  try {
+    const items = values.items
+      .split(',')
+      .map((item) => item.trim())
+      .filter((item) => item !== '');
+    const response = await reader.features(values.user, items, atMs);
+    console.log(values.json ? JSON.stringify(response) : formatTable(response));
+  } finally {
+    await reader.close();
+  }
+  return 0;
+}
+
+async function extraNeuralSource(config: Config) {
+  const { neuralSourceFor } = await import('./neural-source.js');
+  return neuralSourceFor(config);
+}
+
+function formatTable(response: FeatureResponse): string {
+  const names = Object.keys(response.items[0]?.features ?? {});
+  const header = ['feature', ...response.items.map((entry) => entry.item)];
+  const rows = names.map((name) => [
+    name,
+    ...response.items.map((entry) => {
+      const value = entry.features[name];
+      return value === null || value === undefined ? 'null' : value.toFixed(4);
+    }),
+  ]);
+  const widths = header.map((_, column) =>
+    Math.max(...[header, ...rows].map((row) => row[column]!.length)),
+  );
+  const lines = [header, ...rows].map((row) =>
+    row.map((cell, column) => cell.padEnd(widths[column]!)).join('  '),
+  );
+  return [`user ${response.user} at ${new Date(response.at).toISOString()}`, ...lines].join('\n');
+}
+
+function usage(message: string): AffinityError {
+  return new AffinityError('USAGE', `${message}\n\n${USAGE}`);
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    if (err instanceof AffinityError || err instanceof CatalogueError) {
+      console.error(`affinity: ${err.message}`);
+      process.exitCode = err instanceof AffinityError && err.code === 'USAGE' ? 2 : 1;
+      return;
+    }
+    console.error(err);
+    process.exitCode = 1;
+  },
+);

@@ -1,0 +1,83 @@
+/**
+ * The in-process embedding cache in front of the Redis catalogue. Entries are dropped when the
+ * catalogue's change stream names them (see ItemStore.changesSince); when a worker has fallen
+ * further behind than the stream reaches, it drops everything. Eviction is first-in first-out
+ * once `maxItems` is reached: cheaper than LRU bookkeeping on the hot path, and the hot items
+ * come straight back.
+ */
+import type { CatalogMeta, ItemStore } from './store.js';
+import type { Gramian } from '../features/gramian.js';
+
+export interface CacheCounters {
+  hit(count: number): void;
+  miss(count: number): void;
+}
+
+export class EmbeddingCache {
+  private readonly entries = new Map<string, Float32Array>();
+  private version = -1;
+  private gramian: Gramian | null = null;
+  meta: CatalogMeta | null = null;
+
+  constructor(
+    private readonly store: ItemStore,
+    private readonly maxItems: number,
+    private readonly counters: CacheCounters,
+    private readonly loadGramian: boolean,
+  ) {}
+
+  get catalogVersion(): number {
+    return this.version;
+  }
+
+  /** The Gramian of the version last synchronised, when the cache was asked to keep it. */
+  get currentGramian(): Gramian | null {
+    return this.gramian;
+  }
+
+  /** Brings the cache up to `version` (read by the caller, often in a batch's pipeline). */
+  async sync(version: number): Promise<void> {
+    if (version === this.version) return;
+
+    const changed = this.version < 0 ? null : await this.store.changesSince(this.version);
+    if (changed === null) this.entries.clear();
+    else for (const item of changed) this.entries.delete(item);
+
+    this.meta = await this.store.readMeta();
+    if (this.loadGramian && this.meta) this.gramian = await this.store.readGramian(this.meta.dim);
+    this.version = this.meta?.version ?? version;
+  }
+
+  /**
+   * The embeddings of the listed items that exist, from the cache or, for the rest, from Redis
+   * in one round trip. The map is the caller's own: eviction cannot take an entry from it.
+   */
+  async lookup(items: Iterable<string>): Promise<Map<string, Float32Array>> {
+    const found = new Map<string, Float32Array>();
+    const missing: string[] = [];
+    for (const item of new Set(items)) {
+      const cached = this.entries.get(item);
+      if (cached) found.set(item, cached);
+      else missing.push(item);
+    }
+    this.counters.hit(found.size);
+    this.counters.miss(missing.length);
+    if (missing.length === 0 || !this.meta) return found;
+
+    const fetched = await this.store.getMany(missing, this.meta.dim);
+    for (const [item, embedding] of fetched) {
+      this.put(item, embedding);
+      found.set(item, embedding);
+    }
+    return found;
+  }
+
+  private put(item: string, embedding: Float32Array): void {
+    if (this.maxItems === 0) return;
+    if (this.entries.size >= this.maxItems) {
+      const oldest = this.entries.keys().next().value;
+      if (oldest !== undefined) this.entries.delete(oldest);
+    }
+    this.entries.set(item, embedding);
+  }
+}

@@ -1,0 +1,282 @@
+/**
+ * The item catalogue in Redis: the embeddings as stored (centred and normalised if so
+ * configured), the catalogue meta (dimension, transform, mean, version) and the Gramian of
+ * method 2. Every change goes through one Lua script that checks the catalogue version it was
+ * computed from, so two writers never both apply a rank-one update: the loser re-reads and
+ * recomputes. Each change is also appended to a capped stream, from which workers learn which
+ * cached embeddings to drop.
+ */
+import type { Redis } from 'ioredis';
+import { AffinityError } from '../errors.js';
+import type { Gramian } from '../features/gramian.js';
+import {
+  computeGramian,
+  createGramian,
+  decodeGramian,
+  encodeGramian,
+  replaceItem,
+} from '../features/gramian.js';
+import { float32Bytes } from '../state/codec.js';
+import type { KeySpace } from '../state/keys.js';
+import {
+  catalogChangesKey,
+  catalogGramianKey,
+  catalogItemsKey,
+  catalogMetaKey,
+} from '../state/keys.js';
+import { decodeFloat32LE, transformEmbedding } from './transform.js';
+
+export const CATALOG_FORMAT_VERSION = 1;
+
+/** How many change records the stream keeps; a worker further behind drops its whole cache. */
+const CHANGES_MAX_LENGTH = 100_000;
+
+export interface CatalogMeta {
+  readonly dim: number;
+  readonly centered: boolean;
+  readonly normalized: boolean;
+  readonly mean: Float32Array | null;
+  readonly version: number;
+  readonly count: number;
+}
+
+/** One change from the `item-embeddings` topic; a null embedding removes the item. */
+export interface ItemChange {
+  readonly item: string;
+  /** As received, before centring and normalisation. */
+  readonly embedding: Float32Array | null;
+}
+
+const APPLY_CHANGES_LUA = `
+local version = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+if version ~= tonumber(ARGV[1]) then return -1 end
+local count = tonumber(ARGV[2])
+for i = 0, count - 1 do
+  local id = ARGV[5 + i * 3]
+  local expected = ARGV[6 + i * 3]
+  local current = redis.call('HGET', KEYS[2], id) or ''
+  if current ~= expected then return -1 end
+end
+for i = 0, count - 1 do
+  local id = ARGV[5 + i * 3]
+  local value = ARGV[7 + i * 3]
+  if value == '' then redis.call('HDEL', KEYS[2], id) else redis.call('HSET', KEYS[2], id, value) end
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'version', version + 1, 'item', id)
+end
+redis.call('SET', KEYS[3], ARGV[3])
+redis.call('HSET', KEYS[1], 'version', version + 1, 'count', redis.call('HLEN', KEYS[2]))
+return version + 1
+`;
+
+interface CatalogCommands {
+  affinityApplyItemChanges(...args: (string | Buffer | number)[]): Promise<number>;
+}
+
+export class ItemStore {
+  constructor(
+    private readonly redis: Redis,
+    private readonly keys: KeySpace,
+  ) {
+    if (!('affinityApplyItemChanges' in redis)) {
+      redis.defineCommand('affinityApplyItemChanges', { numberOfKeys: 4, lua: APPLY_CHANGES_LUA });
+    }
+  }
+
+  async readMeta(): Promise<CatalogMeta | null> {
+    const fields = await this.redis.hgetallBuffer(catalogMetaKey(this.keys));
+    return decodeMeta(fields);
+  }
+
+  async requireMeta(): Promise<CatalogMeta> {
+    const meta = await this.readMeta();
+    if (!meta) {
+      throw new AffinityError(
+        'CATALOGUE_MISSING',
+        'no item catalogue in Redis: run `affinity items load PATH` or produce to the items topic',
+      );
+    }
+    return meta;
+  }
+
+  async readVersion(): Promise<number> {
+    return Number((await this.redis.hget(catalogMetaKey(this.keys), 'version')) ?? 0);
+  }
+
+  async getMany(items: readonly string[], dim: number): Promise<Map<string, Float32Array>> {
+    const found = new Map<string, Float32Array>();
+    if (items.length === 0) return found;
+    const values = await this.redis.hmgetBuffer(catalogItemsKey(this.keys), ...items);
+    items.forEach((item, index) => {
+      const bytes = values[index];
+      if (bytes && bytes.length === dim * 4) found.set(item, decodeFloat32LE(bytes));
+    });
+    return found;
+  }
+
+  async readGramian(dim: number): Promise<Gramian> {
+    const bytes = await this.redis.getBuffer(catalogGramianKey(this.keys));
+    return bytes ? decodeGramian(bytes, dim) : createGramian(dim);
+  }
+
+  /** Item ids changed after `sinceVersion`, or null when the stream no longer reaches back. */
+  async changesSince(sinceVersion: number): Promise<string[] | null> {
+    const changed: string[] = [];
+    let end = '+';
+    for (;;) {
+      const page = await this.redis.xrevrange(catalogChangesKey(this.keys), end, '-', 'COUNT', 500);
+      for (const [, fields] of page) {
+        if (versionOf(fields) <= sinceVersion) return changed;
+        changed.push(itemOf(fields));
+      }
+      const last = page[page.length - 1];
+      if (page.length < 500 || !last) {
+        const oldest = last ? versionOf(last[1]) : Number.POSITIVE_INFINITY;
+        return oldest === sinceVersion + 1 ? changed : null;
+      }
+      end = `(${last[0]}`;
+    }
+  }
+
+  /**
+   * Replaces the whole catalogue: writes every embedding (already transformed), the meta and a
+   * Gramian recomputed from scratch, and marks every cached embedding stale.
+   */
+  async replaceAll(
+    ids: readonly string[],
+    vectors: Float32Array,
+    meta: Omit<CatalogMeta, 'version' | 'count'>,
+  ): Promise<CatalogMeta> {
+    const dim = meta.dim;
+    const previousVersion = await this.readVersion();
+    await this.redis.del(catalogItemsKey(this.keys));
+    await this.writeItemsInChunks(ids, vectors, dim);
+
+    const rows = function* (): Generator<Float32Array> {
+      for (let row = 0; row < ids.length; row++) yield vectors.subarray(row * dim, (row + 1) * dim);
+    };
+    const gramian = computeGramian(rows(), dim);
+    const version = previousVersion + 1;
+    await this.redis
+      .multi()
+      .set(catalogGramianKey(this.keys), encodeGramian(gramian))
+      .del(catalogChangesKey(this.keys))
+      .hset(catalogMetaKey(this.keys), encodeMeta({ ...meta, version, count: ids.length }))
+      .exec();
+    return { ...meta, version, count: ids.length };
+  }
+
+  private async writeItemsInChunks(ids: readonly string[], vectors: Float32Array, dim: number) {
+    const chunkSize = 1_000;
+    for (let start = 0; start < ids.length; start += chunkSize) {
+      const pipeline = this.redis.pipeline();
+      const end = Math.min(ids.length, start + chunkSize);
+      const args: (string | Buffer)[] = [];
+      for (let row = start; row < end; row++) {
+        args.push(ids[row]!, float32Bytes(vectors.subarray(row * dim, (row + 1) * dim)));
+      }
+      pipeline.hset(catalogItemsKey(this.keys), ...args);
+      await pipeline.exec();
+    }
+  }
+
+  /**
+   * Applies topic changes with their rank-one Gramian updates, atomically and exactly once
+   * across writers. Creates the catalogue meta from the first embedding when none exists.
+   * Returns the new version (unchanged when every change was a no-op).
+   */
+  async applyChanges(changes: readonly ItemChange[], createNormalized: boolean): Promise<number> {
+    for (let attempt = 0; attempt < 10; attempt++) {
+      const meta = (await this.readMeta()) ?? initialMeta(changes, createNormalized);
+      if (!meta) return 0;
+      const result = await this.tryApply(changes, meta);
+      if (result >= 0) return result;
+    }
+    throw new AffinityError('STATE_CONFLICT', 'item changes lost the version race 10 times', {
+      retriable: true,
+    });
+  }
+
+  private async tryApply(changes: readonly ItemChange[], meta: CatalogMeta): Promise<number> {
+    if (meta.version === 0) await this.redis.hset(catalogMetaKey(this.keys), encodeMeta(meta));
+    const ids = [...new Set(changes.map((change) => change.item))];
+    const currentBytes = await this.redis.hmgetBuffer(catalogItemsKey(this.keys), ...ids);
+    const gramian = await this.readGramian(meta.dim);
+
+    const next = new Map<string, Float32Array | null>();
+    for (const change of changes) next.set(change.item, storedForm(change, meta));
+    const args: (string | Buffer | number)[] = [];
+    ids.forEach((id, index) => {
+      const bytes = currentBytes[index];
+      const before = bytes ? decodeFloat32LE(bytes) : null;
+      const after = next.get(id) ?? null;
+      replaceItem(gramian, before, after);
+      args.push(id, bytes ?? '', after ? float32Bytes(after) : '');
+    });
+
+    const keys = [
+      catalogMetaKey(this.keys),
+      catalogItemsKey(this.keys),
+      catalogGramianKey(this.keys),
+      catalogChangesKey(this.keys),
+    ];
+    const header = [meta.version, ids.length, encodeGramian(gramian), CHANGES_MAX_LENGTH];
+    const commands = this.redis as unknown as CatalogCommands;
+    return commands.affinityApplyItemChanges(...keys, ...header, ...args);
+  }
+}
+
+function storedForm(change: ItemChange, meta: CatalogMeta): Float32Array | null {
+  if (!change.embedding) return null;
+  if (change.embedding.length !== meta.dim) {
+    throw new AffinityError(
+      'CATALOGUE_MISMATCH',
+      `item "${change.item}" has dimension ${change.embedding.length}, the catalogue ${meta.dim}`,
+    );
+  }
+  return transformEmbedding(
+    change.embedding,
+    { mean: meta.mean, normalize: meta.normalized },
+    change.item,
+  );
+}
+
+function initialMeta(changes: readonly ItemChange[], normalized: boolean): CatalogMeta | null {
+  const first = changes.find((change) => change.embedding !== null)?.embedding;
+  if (!first) return null;
+  return { dim: first.length, centered: false, normalized, mean: null, version: 0, count: 0 };
+}
+
+function encodeMeta(meta: CatalogMeta): Record<string, string | Buffer> {
+  const fields: Record<string, string | Buffer> = {
+    v: String(CATALOG_FORMAT_VERSION),
+    dim: String(meta.dim),
+    centered: meta.centered ? '1' : '0',
+    normalized: meta.normalized ? '1' : '0',
+    version: String(meta.version),
+    count: String(meta.count),
+  };
+  if (meta.mean) fields['mean'] = float32Bytes(meta.mean);
+  return fields;
+}
+
+function decodeMeta(fields: Record<string, Buffer>): CatalogMeta | null {
+  if (!fields['dim']) return null;
+  const dim = Number(fields['dim'].toString());
+  const mean = fields['mean'] ? decodeFloat32LE(fields['mean']) : null;
+  return {
+    dim,
+    centered: fields['centered']?.toString() === '1',
+    normalized: fields['normalized']?.toString() === '1',
+    mean,
+    version: Number(fields['version']?.toString() ?? 0),
+    count: Number(fields['count']?.toString() ?? 0),
+  };
+}
+
+function versionOf(fields: string[]): number {
+  return Number(fields[fields.indexOf('version') + 1]);
+}
+
+function itemOf(fields: string[]): string {
+  return fields[fields.indexOf('item') + 1]!;
+}

@@ -1,0 +1,146 @@
+/**
+ * Every Prometheus metric of the service, created once on a registry the caller owns. Each is
+ * listed in docs/metrics.md; names are snake_case and end with their unit.
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+const BATCH_BUCKETS_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
+const FRESHNESS_BUCKETS_S = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600];
+const SOLVE_BUCKETS_S = [1e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 5e-2];
+const RESIDUAL_BUCKETS = [1e-12, 1e-10, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1];
+const ITERATION_BUCKETS = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256];
+
+export class WorkerMetrics {
+  readonly eventsConsumed: Counter<'topic'>;
+  readonly eventsApplied: Counter;
+  readonly eventsDuplicate: Counter;
+  readonly eventsDeadLettered: Counter<'reason'>;
+  readonly eventsPending: Counter<'outcome'>;
+  readonly batchSeconds: Histogram;
+  readonly freshnessSeconds: Histogram;
+  readonly redisWriteSeconds: Histogram;
+  readonly stateConflicts: Counter;
+  readonly stateResets: Counter;
+  readonly consumerLag: Gauge<'topic' | 'partition'>;
+  readonly cacheHits: Counter;
+  readonly cacheMisses: Counter;
+  readonly itemChanges: Counter<'outcome'>;
+  readonly dualSolves: Counter;
+  readonly dualIterations: Histogram;
+  readonly dualResidual: Histogram;
+  readonly dualSolveSeconds: Histogram;
+
+  constructor(readonly registry: Registry) {
+    this.eventsConsumed = new Counter({
+      name: 'affinity_events_consumed_total',
+      help: 'Messages read from the events topic',
+      labelNames: ['topic'],
+      registers: [registry],
+    });
+    this.eventsApplied = counter(
+      registry,
+      'affinity_events_applied_total',
+      'Events applied to user state',
+    );
+    this.eventsDuplicate = counter(
+      registry,
+      'affinity_events_duplicate_total',
+      'Events skipped because their offset or producer id was already applied',
+    );
+    this.eventsDeadLettered = new Counter({
+      name: 'affinity_events_dead_lettered_total',
+      help: 'Messages sent to the dead-letter topic, by reason',
+      labelNames: ['reason'],
+      registers: [registry],
+    });
+    this.eventsPending = new Counter({
+      name: 'affinity_events_pending_total',
+      help: 'Events whose item had no embedding: added (waiting), folded (embedding arrived), dropped',
+      labelNames: ['outcome'],
+      registers: [registry],
+    });
+    this.batchSeconds = histogram(
+      registry,
+      'affinity_batch_seconds',
+      'Wall time per batch',
+      BATCH_BUCKETS_S,
+    );
+    this.freshnessSeconds = histogram(
+      registry,
+      'affinity_event_freshness_seconds',
+      'From event time to its state being acknowledged by Redis',
+      FRESHNESS_BUCKETS_S,
+    );
+    this.redisWriteSeconds = histogram(
+      registry,
+      'affinity_redis_write_seconds',
+      'Wall time of the atomic state write of one batch',
+      BATCH_BUCKETS_S,
+    );
+    this.stateConflicts = counter(
+      registry,
+      'affinity_state_conflicts_total',
+      'User writes retried because the state changed between read and write',
+    );
+    this.stateResets = counter(
+      registry,
+      'affinity_state_resets_total',
+      'User states that could not be decoded (old format, other dimension) and restarted empty',
+    );
+    this.consumerLag = new Gauge({
+      name: 'affinity_consumer_lag_messages',
+      help: 'Messages between the last consumed offset and the partition high watermark',
+      labelNames: ['topic', 'partition'],
+      registers: [registry],
+    });
+    this.cacheHits = counter(
+      registry,
+      'affinity_embedding_cache_hits_total',
+      'Embedding lookups served in process',
+    );
+    this.cacheMisses = counter(
+      registry,
+      'affinity_embedding_cache_misses_total',
+      'Embedding lookups that went to Redis',
+    );
+    this.itemChanges = new Counter({
+      name: 'affinity_item_changes_total',
+      help: 'Messages of the item-embeddings topic: applied or rejected',
+      labelNames: ['outcome'],
+      registers: [registry],
+    });
+    this.dualSolves = counter(registry, 'affinity_dual_solves_total', 'Dual vectors solved');
+    this.dualIterations = histogram(
+      registry,
+      'affinity_dual_iterations',
+      'Conjugate-gradient iterations per dual solve',
+      ITERATION_BUCKETS,
+    );
+    this.dualResidual = histogram(
+      registry,
+      'affinity_dual_relative_residual',
+      'Final relative residual |b - Au| / |b| of each dual solve',
+      RESIDUAL_BUCKETS,
+    );
+    this.dualSolveSeconds = histogram(
+      registry,
+      'affinity_dual_solve_seconds',
+      'Wall time per dual solve',
+      SOLVE_BUCKETS_S,
+    );
+  }
+}
+
+export function createRegistry(withProcessMetrics: boolean): Registry {
+  const registry = new Registry();
+  if (withProcessMetrics) collectDefaultMetrics({ register: registry });
+  return registry;
+}
+
+function counter(registry: Registry, name: string, help: string): Counter {
+  return new Counter({ name, help, registers: [registry] });
+}
+
+function histogram(registry: Registry, name: string, help: string, buckets: number[]): Histogram {
+  return new Histogram({ name, help, buckets, registers: [registry] });
+}

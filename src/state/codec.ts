@@ -1,0 +1,151 @@
+/**
+ * The user state as the fields of one Redis hash. docs/redis-layout.md is the contract for
+ * readers in other languages; change both together and bump STATE_FORMAT_VERSION.
+ *
+ * Vectors are float32 little-endian, numbers are decimal strings (JavaScript's shortest
+ * round-trip form, which Python's float() and Java's Double.parseDouble read back exactly),
+ * lists are JSON.
+ */
+import { AffinityError } from '../errors.js';
+import { formatDuration } from '../config/duration.js';
+import type { AggregateLayout } from '../features/aggregate.js';
+import { POLARITIES, slotIndex } from '../features/aggregate.js';
+import type { HistoryEntry, PendingEntry, UserState } from './user-state.js';
+import { STATE_FORMAT_VERSION, emptyUserState } from './user-state.js';
+
+export type StateFields = Record<string, Buffer>;
+
+const POLARITY_TAG = { positive: 'pos', negative: 'neg' } as const;
+
+export function sumField(polarity: keyof typeof POLARITY_TAG, halfLifeMs: number): string {
+  return `sum:${POLARITY_TAG[polarity]}:${formatDuration(halfLifeMs)}`;
+}
+
+export function weightField(polarity: keyof typeof POLARITY_TAG, halfLifeMs: number): string {
+  return `w:${POLARITY_TAG[polarity]}:${formatDuration(halfLifeMs)}`;
+}
+
+/** Encodes the whole state; the writer replaces the hash with exactly these fields. */
+export function encodeUserState(
+  state: UserState,
+  layout: AggregateLayout,
+): Map<string, Buffer | string> {
+  const fields = new Map<string, Buffer | string>();
+  fields.set('v', String(STATE_FORMAT_VERSION));
+  fields.set('dim', String(state.dim));
+  fields.set('rev', String(state.revision));
+  fields.set('n', String(state.eventCount));
+  if (state.aggregates.anchorMs !== null)
+    fields.set('anchor_ms', String(state.aggregates.anchorMs));
+
+  for (const [partition, offset] of state.offsets) fields.set(`off:${partition}`, String(offset));
+  encodeAggregates(state, layout, fields);
+  fields.set('hist', JSON.stringify(state.history));
+  if (state.pending.length > 0) fields.set('pending', JSON.stringify(state.pending));
+  if (state.dual) encodeDual(state, fields);
+  return fields;
+}
+
+function encodeAggregates(
+  state: UserState,
+  layout: AggregateLayout,
+  fields: Map<string, Buffer | string>,
+): void {
+  layout.halfLivesMs.forEach((halfLifeMs, h) => {
+    for (const polarity of POLARITIES) {
+      const slot = slotIndex(layout, polarity, h);
+      const sum = state.aggregates.sums.subarray(slot * layout.dim, (slot + 1) * layout.dim);
+      fields.set(sumField(polarity, halfLifeMs), float32Bytes(sum));
+      fields.set(weightField(polarity, halfLifeMs), String(state.aggregates.weights[slot]));
+    }
+  });
+}
+
+function encodeDual(state: UserState, fields: Map<string, Buffer | string>): void {
+  const dual = state.dual!;
+  fields.set('dual', float32Bytes(dual.vector));
+  fields.set('dual_iter', String(dual.iterations));
+  fields.set('dual_residual', String(dual.relativeResidual));
+  fields.set('dual_terms', String(dual.terms));
+}
+
+/**
+ * Decodes a hash read with HGETALL (buffers). An empty hash is a new user. A state written for
+ * another dimension cannot be combined with today's embeddings and is rejected.
+ */
+export function decodeUserState(fields: StateFields, layout: AggregateLayout): UserState {
+  const state = emptyUserState(layout);
+  if (Object.keys(fields).length === 0) return state;
+
+  const version = text(fields, 'v');
+  if (version !== String(STATE_FORMAT_VERSION)) {
+    throw corrupt(`format version ${version ?? 'missing'}, expected ${STATE_FORMAT_VERSION}`);
+  }
+  const dim = Number(text(fields, 'dim'));
+  if (dim !== layout.dim) throw corrupt(`dimension ${dim}, catalogue has ${layout.dim}`);
+
+  state.revision = Number(text(fields, 'rev') ?? 0);
+  state.eventCount = Number(text(fields, 'n') ?? 0);
+  const anchor = text(fields, 'anchor_ms');
+  state.aggregates.anchorMs = anchor === undefined ? null : Number(anchor);
+  decodeOffsets(fields, state);
+  decodeAggregates(fields, layout, state);
+  state.history = JSON.parse(text(fields, 'hist') ?? '[]') as HistoryEntry[];
+  state.pending = JSON.parse(text(fields, 'pending') ?? '[]') as PendingEntry[];
+  state.dual = decodeDual(fields, dim);
+  return state;
+}
+
+function decodeOffsets(fields: StateFields, state: UserState): void {
+  for (const name of Object.keys(fields)) {
+    if (!name.startsWith('off:')) continue;
+    state.offsets.set(Number(name.slice(4)), Number(text(fields, name)));
+  }
+}
+
+/** A half-life missing from the stored state (newly configured) starts from zero. */
+function decodeAggregates(fields: StateFields, layout: AggregateLayout, state: UserState): void {
+  layout.halfLivesMs.forEach((halfLifeMs, h) => {
+    for (const polarity of POLARITIES) {
+      const slot = slotIndex(layout, polarity, h);
+      const bytes = fields[sumField(polarity, halfLifeMs)];
+      const weight = text(fields, weightField(polarity, halfLifeMs));
+      if (!bytes || weight === undefined) continue;
+      state.aggregates.sums.set(readFloat32(bytes, layout.dim), slot * layout.dim);
+      state.aggregates.weights[slot] = Number(weight);
+    }
+  });
+}
+
+function decodeDual(fields: StateFields, dim: number): UserState['dual'] {
+  const bytes = fields['dual'];
+  if (!bytes) return null;
+  return {
+    vector: readFloat32(bytes, dim),
+    iterations: Number(text(fields, 'dual_iter') ?? 0),
+    relativeResidual: Number(text(fields, 'dual_residual') ?? 0),
+    terms: Number(text(fields, 'dual_terms') ?? 0),
+  };
+}
+
+export function float32Bytes(values: Float32Array): Buffer {
+  const bytes = Buffer.allocUnsafe(values.length * 4);
+  for (let i = 0; i < values.length; i++) bytes.writeFloatLE(values[i]!, i * 4);
+  return bytes;
+}
+
+export function readFloat32(bytes: Buffer, dim: number): Float32Array {
+  if (bytes.length !== dim * 4)
+    throw corrupt(`vector of ${bytes.length} bytes, expected ${dim * 4}`);
+  const values = new Float32Array(dim);
+  for (let i = 0; i < dim; i++) values[i] = bytes.readFloatLE(i * 4);
+  return values;
+}
+
+function text(fields: StateFields, name: string): string | undefined {
+  return fields[name]?.toString('utf8');
+}
+
+function corrupt(message: string): AffinityError {
+  return new AffinityError('STATE_CORRUPT', `user state: ${message}`);
+}

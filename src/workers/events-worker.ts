@@ -1,0 +1,310 @@
+/**
+ * `affinity worker`: the long-running consumer. It materialises the `item-embeddings` topic into
+ * the Redis catalogue (its own consumer group, so one member applies each change) and turns the
+ * `interactions` topic into user states, batch by batch:
+ *
+ *   decode → dead-letter the bad ones → BatchProcessor (read, apply, write atomically)
+ *   → resolve and commit the batch's offsets.
+ *
+ * Offsets are committed only after Redis acknowledged the write, and every state carries the
+ * offsets it reflects, so a crash anywhere in between replays events that are then skipped.
+ */
+import { setTimeout as delay } from 'node:timers/promises';
+import type { Consumer, EachBatchPayload, Kafka, Producer } from 'kafkajs';
+import { Redis } from 'ioredis';
+import type { Config } from '../config/config.js';
+import { AffinityError } from '../errors.js';
+import { EmbeddingCache } from '../items/cache.js';
+import { CatalogueError } from '../items/errors.js';
+import type { ItemChange } from '../items/store.js';
+import { ItemStore } from '../items/store.js';
+import { parseEmbeddingValue, transformEmbedding } from '../items/transform.js';
+import type { Logger } from '../ops/logger.js';
+import type { WorkerMetrics } from '../ops/metrics.js';
+import { UserStateStore } from '../state/store.js';
+import type { SequencedEvent } from '../state/user-state.js';
+import { decodeEvent } from '../stream/decode.js';
+import type { DeadLetter } from '../stream/kafka.js';
+import { DeadLetterSink, createKafka, ensureTopics } from '../stream/kafka.js';
+import { BatchProcessor } from './batch-processor.js';
+
+const CATALOGUE_WAIT_MS = 1_000;
+
+export class AffinityWorker {
+  private readonly kafka: Kafka;
+  private readonly redis: Redis;
+  private readonly producer: Producer;
+  private readonly eventsConsumer: Consumer;
+  private readonly itemsConsumer: Consumer;
+  private readonly itemStore: ItemStore;
+  private readonly cache: EmbeddingCache;
+  private readonly processor: BatchProcessor;
+  private readonly deadLetters: DeadLetterSink;
+  private joined = false;
+  private closing: Promise<void> | null = null;
+
+  constructor(
+    private readonly config: Config,
+    private readonly logger: Logger,
+    private readonly metrics: WorkerMetrics,
+  ) {
+    this.kafka = createKafka(config.kafkaBrokers, config.kafkaClientId, logger);
+    this.redis = new Redis(config.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 3 });
+    this.producer = this.kafka.producer({ allowAutoTopicCreation: false });
+    this.eventsConsumer = this.kafka.consumer({
+      ...consumerTimings(config),
+      groupId: config.groupId,
+      maxBytesPerPartition: config.fetchMaxBytesPerPartition,
+    });
+    this.itemsConsumer = this.kafka.consumer({
+      ...consumerTimings(config),
+      groupId: `${config.groupId}-items`,
+    });
+    this.itemStore = new ItemStore(this.redis, { prefix: config.keyPrefix });
+    const counters = {
+      hit: (n: number) => metrics.cacheHits.inc(n),
+      miss: (n: number) => metrics.cacheMisses.inc(n),
+    };
+    this.cache = new EmbeddingCache(
+      this.itemStore,
+      config.embeddingCacheItems,
+      counters,
+      config.dual.enabled,
+    );
+    const store = new UserStateStore(
+      this.redis,
+      { prefix: config.keyPrefix },
+      config.userIdleTtlMs,
+    );
+    this.processor = new BatchProcessor(config, store, this.cache, metrics, logger);
+    this.deadLetters = new DeadLetterSink(this.producer, config.deadLetterTopic);
+  }
+
+  /** Ready once the events consumer joined its group; /readyz reports this. */
+  get ready(): boolean {
+    return this.joined && this.closing === null && this.redis.status === 'ready';
+  }
+
+  async start(): Promise<void> {
+    await this.redis.connect();
+    await this.createTopics();
+    await this.producer.connect();
+    this.watchGroup(this.eventsConsumer, 'events');
+    await this.runItemsConsumer();
+    await this.runEventsConsumer();
+    this.logger.info(
+      { topic: this.config.eventsTopic, groupId: this.config.groupId },
+      'worker started',
+    );
+  }
+
+  private async createTopics(): Promise<void> {
+    const admin = this.kafka.admin();
+    await admin.connect();
+    try {
+      await ensureTopics(admin, [
+        { topic: this.config.eventsTopic },
+        { topic: this.config.deadLetterTopic },
+        {
+          topic: this.config.itemsTopic,
+          configEntries: [{ name: 'cleanup.policy', value: 'compact' }],
+        },
+      ]);
+    } finally {
+      await admin.disconnect();
+    }
+  }
+
+  private watchGroup(consumer: Consumer, role: string): void {
+    const { GROUP_JOIN, CRASH, REBALANCING } = consumer.events;
+    consumer.on(GROUP_JOIN, (event) => {
+      if (role === 'events') this.joined = true;
+      const { memberId, memberAssignment } = event.payload;
+      this.logger.info({ role, memberId, assignment: memberAssignment }, 'consumer joined group');
+    });
+    consumer.on(REBALANCING, () => this.logger.info({ role }, 'consumer rebalancing'));
+    consumer.on(CRASH, (event) => {
+      const { error, restart } = event.payload;
+      this.logger.error({ role, err: error, restart }, 'consumer crashed');
+    });
+  }
+
+  private async runEventsConsumer(): Promise<void> {
+    await this.eventsConsumer.connect();
+    await this.eventsConsumer.subscribe({ topic: this.config.eventsTopic, fromBeginning: true });
+    await this.eventsConsumer.run({
+      autoCommit: true,
+      eachBatchAutoResolve: false,
+      eachBatch: (payload) => this.handleEventsBatch(payload),
+    });
+  }
+
+  private async runItemsConsumer(): Promise<void> {
+    this.watchGroup(this.itemsConsumer, 'items');
+    await this.itemsConsumer.connect();
+    await this.itemsConsumer.subscribe({ topic: this.config.itemsTopic, fromBeginning: true });
+    await this.itemsConsumer.run({
+      autoCommit: true,
+      eachBatchAutoResolve: false,
+      eachBatch: (payload) => this.handleItemsBatch(payload),
+    });
+  }
+
+  private async handleEventsBatch(payload: EachBatchPayload): Promise<void> {
+    const { batch } = payload;
+    const last = batch.messages[batch.messages.length - 1];
+    if (!last || !payload.isRunning() || payload.isStale()) return;
+    const stopTimer = this.metrics.batchSeconds.startTimer();
+    this.metrics.eventsConsumed.inc({ topic: batch.topic }, batch.messages.length);
+
+    const { events, letters } = this.decodeBatch(payload);
+    await this.deadLetters.send(letters);
+    for (const letter of letters) this.metrics.eventsDeadLettered.inc({ reason: letter.reason });
+    await this.waitForCatalogue(payload);
+    const outcome = await this.processor.process(events);
+    this.metrics.eventsApplied.inc(outcome.applied);
+
+    payload.resolveOffset(last.offset);
+    await payload.commitOffsetsIfNecessary();
+    this.metrics.consumerLag.set(
+      { topic: batch.topic, partition: String(batch.partition) },
+      Number(batch.offsetLag()),
+    );
+    stopTimer();
+    this.logger.debug(
+      { partition: batch.partition, messages: batch.messages.length, ...outcome },
+      'batch applied',
+    );
+  }
+
+  private decodeBatch(payload: EachBatchPayload): {
+    events: SequencedEvent[];
+    letters: DeadLetter[];
+  } {
+    const { batch } = payload;
+    const nowMs = Date.now();
+    const events: SequencedEvent[] = [];
+    const letters: DeadLetter[] = [];
+
+    for (const message of batch.messages) {
+      const result = decodeEvent(message.value, nowMs, this.config);
+      if (result.ok) {
+        events.push({
+          event: result.event,
+          position: { partition: batch.partition, offset: Number(message.offset) },
+        });
+        continue;
+      }
+      letters.push({
+        key: message.key,
+        value: message.value,
+        reason: result.reason,
+        detail: result.detail,
+        sourceTopic: batch.topic,
+        partition: batch.partition,
+        offset: message.offset,
+      });
+    }
+    return { events, letters };
+  }
+
+  /** Events cannot be applied before the catalogue fixes the dimension; wait, heartbeating. */
+  private async waitForCatalogue(payload: EachBatchPayload): Promise<void> {
+    let warned = false;
+    while (payload.isRunning() && !(await this.itemStore.readMeta())) {
+      if (!warned) this.logger.warn({}, 'waiting for an item catalogue before applying events');
+      warned = true;
+      await payload.heartbeat();
+      await delay(CATALOGUE_WAIT_MS);
+    }
+    if (!payload.isRunning()) {
+      throw new AffinityError('CATALOGUE_MISSING', 'stopped while waiting for a catalogue', {
+        retriable: true,
+      });
+    }
+  }
+
+  private async handleItemsBatch(payload: EachBatchPayload): Promise<void> {
+    const { batch } = payload;
+    const last = batch.messages[batch.messages.length - 1];
+    if (!last || !payload.isRunning() || payload.isStale()) return;
+
+    const meta = await this.itemStore.readMeta();
+    const changes: ItemChange[] = [];
+    const letters: DeadLetter[] = [];
+    for (const message of batch.messages) {
+      const item = message.key?.toString('utf8') ?? '';
+      try {
+        if (item === '')
+          throw new CatalogueError('ITEMS_FORMAT', 'message has no key (the item id)');
+        const embedding =
+          message.value === null
+            ? null
+            : parseEmbeddingValue(message.value, meta?.dim ?? null, item);
+        // Centring can still leave nothing (an item equal to the mean): check before applying.
+        if (embedding && meta)
+          transformEmbedding(embedding, { mean: meta.mean, normalize: meta.normalized }, item);
+        changes.push({ item, embedding });
+      } catch (err) {
+        if (!(err instanceof CatalogueError)) throw err;
+        letters.push({
+          key: message.key,
+          value: message.value,
+          reason: 'item_invalid',
+          detail: err.message,
+          sourceTopic: batch.topic,
+          partition: batch.partition,
+          offset: message.offset,
+        });
+      }
+    }
+
+    await this.deadLetters.send(letters);
+    this.metrics.itemChanges.inc({ outcome: 'rejected' }, letters.length);
+    await this.applyItemChanges(changes);
+    this.metrics.itemChanges.inc({ outcome: 'applied' }, changes.length);
+    payload.resolveOffset(last.offset);
+    await payload.commitOffsetsIfNecessary();
+  }
+
+  private async applyItemChanges(changes: ItemChange[]): Promise<void> {
+    if (changes.length === 0) return;
+    await this.itemStore.applyChanges(changes, true);
+  }
+
+  /** Finishes the batch in flight, commits, and disconnects; safe to call more than once. */
+  close(): Promise<void> {
+    this.closing ??= this.closeAll();
+    return this.closing;
+  }
+
+  private async closeAll(): Promise<void> {
+    const steps: [string, () => Promise<unknown>][] = [
+      ['events consumer', () => this.eventsConsumer.disconnect()],
+      ['items consumer', () => this.itemsConsumer.disconnect()],
+      ['producer', () => this.producer.disconnect()],
+      ['redis', () => this.redis.quit()],
+    ];
+    for (const [name, step] of steps) {
+      try {
+        await step();
+      } catch (err) {
+        this.logger.warn({ err, step: name }, 'shutdown step failed');
+      }
+    }
+    this.logger.info({}, 'worker stopped');
+  }
+}
+
+/**
+ * kafkajs heartbeats only between fetches, so the fetch wait must stay well under the session
+ * timeout, and the heartbeat interval at a third of it (the broker's own rule of thumb).
+ */
+export function consumerTimings(config: Config) {
+  const sessionTimeout = config.kafkaSessionTimeoutMs;
+  return {
+    sessionTimeout,
+    heartbeatInterval: Math.floor(sessionTimeout / 3),
+    maxWaitTimeInMs: Math.min(100, Math.floor(sessionTimeout / 10)),
+  };
+}

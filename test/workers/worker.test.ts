@@ -1,0 +1,164 @@
+/**
+ * The events worker against the real Kafka and Redis: features equal a plain reference
+ * computation, the dual vector equals the exact solve, and redelivered or re-sent events are
+ * applied once.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import type { Admin } from 'kafkajs';
+import { Redis } from 'ioredis';
+import { computeGramian } from '../../src/features/gramian.js';
+import { FeatureReader } from '../../src/reader/feature-reader.js';
+import { exactDual } from '../../src/state/dual-step.js';
+import { UserStateStore } from '../../src/state/store.js';
+import {
+  DEFAULT_WEIGHTS,
+  eventMessages,
+  loadCatalogueIntoRedis,
+  randomCatalogue,
+  randomEvents,
+  startWorker,
+} from '../helpers/fixtures.js';
+import { referenceFeatures } from '../helpers/reference.js';
+import {
+  REDIS_URL,
+  appliedCount,
+  produce,
+  provision,
+  testConfig,
+  waitFor,
+} from '../helpers/services.js';
+
+const DIM = 16;
+const ITEM_COUNT = 40;
+const USERS = ['alice', 'bob', 'carol', 'dan'];
+const PER_USER = 60;
+
+// Sums are stored as float32: features agree with the float64 reference to ~1e-6; 1e-5 is the bound.
+const FEATURE_TOLERANCE = 1e-5;
+
+function assertClose(
+  actual: number | null | undefined,
+  expected: number | null | undefined,
+  label: string,
+) {
+  if (expected === null || actual === null) {
+    assert.equal(actual, expected, label);
+    return;
+  }
+  const scale = Math.max(1, Math.abs(expected!));
+  assert.ok(
+    Math.abs(actual! - expected!) <= FEATURE_TOLERANCE * scale,
+    `${label}: ${actual} vs ${expected}`,
+  );
+}
+
+test('features from events streamed through Kafka equal a plain reference computation', async (t) => {
+  const config = testConfig({ AFFINITY_HISTORY_MAX_EVENTS: '20', AFFINITY_DUAL_TOLERANCE: '1e-9' });
+  await provision(t, config, 3);
+  const items = randomCatalogue(ITEM_COUNT, DIM, 7);
+  await loadCatalogueIntoRedis(config, items);
+  const nowMs = Date.now();
+  const events = randomEvents(USERS, PER_USER, ITEM_COUNT, 11, nowMs);
+  await produce(config.eventsTopic, eventMessages(events));
+
+  await startWorker(t, config);
+  const redis = new Redis(REDIS_URL);
+  t.after(() => redis.quit());
+  await waitFor(
+    'all events applied',
+    async () => (await appliedCount(redis, config, USERS)) === events.length,
+  );
+
+  const reader = FeatureReader.fromConfig(config);
+  t.after(() => reader.close());
+  const candidates = ['i0', 'i5', 'i17', 'i39'];
+  const settings = {
+    halfLivesMs: [...config.halfLivesMs],
+    historyMaxEvents: 20,
+    historyHalfLifeMs: config.historyHalfLifeMs,
+    thresholds: [...config.cosineThresholds],
+    weights: DEFAULT_WEIGHTS,
+  };
+  for (const user of USERS) {
+    const response = await reader.features(user, candidates, nowMs);
+    const own = events.filter((event) => event.user === user);
+    for (const { item, features } of response.items) {
+      const expected = referenceFeatures(own, items.get(item)!, items, nowMs, settings);
+      for (const [name, value] of Object.entries(expected))
+        assertClose(features[name], value, `${user} ${item} ${name}`);
+    }
+  }
+
+  const store = new UserStateStore(redis, { prefix: config.keyPrefix }, 0);
+  const gramian = computeGramian(items.values(), DIM);
+  for (const user of USERS) {
+    const state = await store.load(user, { dim: DIM, halfLivesMs: config.halfLivesMs });
+    const exact = exactDual(state, {
+      params: config.dual,
+      halfLifeMs: config.dual.halfLifeMs,
+      gramian,
+      signals: config.signals,
+      embedding: (item) => items.get(item),
+    });
+    const difference = Math.hypot(...exact.map((x, k) => x - state.dual!.vector[k]!));
+    // CG stops at relative residual 1e-9; float32 storage adds ~1e-7 relative.
+    assert.ok(difference <= 1e-5 * Math.hypot(...exact), `${user}: dual differs by ${difference}`);
+  }
+});
+
+test('redelivered and re-sent events are applied once', async (t) => {
+  const config = testConfig({ AFFINITY_HISTORY_MAX_EVENTS: '50' });
+  const admin = await provision(t, config, 2);
+  const items = randomCatalogue(ITEM_COUNT, DIM, 3);
+  await loadCatalogueIntoRedis(config, items);
+  const events = randomEvents(USERS, 30, ITEM_COUNT, 5, Date.now());
+  await produce(config.eventsTopic, eventMessages(events));
+
+  const first = await startWorker(t, config);
+  const redis = new Redis(REDIS_URL);
+  t.after(() => redis.quit());
+  await waitFor(
+    'all events applied',
+    async () => (await appliedCount(redis, config, USERS)) === events.length,
+  );
+  await first.close();
+  const before = await snapshot(redis, config.keyPrefix, USERS);
+
+  // Redelivery: the group starts over from the first offset. Re-send: producers repeat the
+  // newest events (same ids) at new offsets.
+  await admin.resetOffsets({ groupId: config.groupId, topic: config.eventsTopic, earliest: true });
+  const resent = events.slice(-40);
+  await produce(config.eventsTopic, eventMessages(resent));
+  await startWorker(t, config);
+  await waitFor('the group to reach the end of the topic', async () =>
+    caughtUp(admin, config.groupId, config.eventsTopic),
+  );
+
+  const after = await snapshot(redis, config.keyPrefix, USERS);
+  for (const user of USERS) {
+    assert.equal(after.get(user)!.n, before.get(user)!.n, `${user}: event count`);
+    assert.deepEqual(after.get(user)!.sums, before.get(user)!.sums, `${user}: decayed sums`);
+  }
+});
+
+async function snapshot(redis: Redis, prefix: string, users: readonly string[]) {
+  const result = new Map<string, { n: string; sums: Record<string, string> }>();
+  for (const user of users) {
+    const fields = await redis.hgetallBuffer(`${prefix}u:{${user}}`);
+    const sums: Record<string, string> = {};
+    for (const [name, value] of Object.entries(fields))
+      if (name.startsWith('sum:') || name.startsWith('w:')) sums[name] = value.toString('hex');
+    result.set(user, { n: fields['n']!.toString(), sums });
+  }
+  return result;
+}
+
+async function caughtUp(admin: Admin, groupId: string, topic: string): Promise<boolean> {
+  const [committed] = await admin.fetchOffsets({ groupId, topics: [topic] });
+  const ends = await admin.fetchTopicOffsets(topic);
+  return ends.every((end) => {
+    const partition = committed?.partitions.find((p) => p.partition === end.partition);
+    return partition !== undefined && partition.offset === end.high;
+  });
+}
