@@ -1,0 +1,295 @@
+/**
+ * Events per second and worker CPU per event, beside a bare kafkajs consumer reading the same
+ * topic in the same run (the ceiling the worker is measured against).
+ *
+ * Setup: a fresh topic with N events (default 100,000) over U users (default 5,000), a
+ * catalogue of 10,000 random unit vectors at dimension 384 loaded into Redis, default signals
+ * and half-lives. Three consumers then read the whole topic, one after the other, each in its
+ * own consumer group: the bare consumer (resolves and commits, nothing else), the worker with
+ * method 1 alone, and the worker with methods 1 and 2. Each rate is measured from the first
+ * batch to the last event acknowledged, so group joins are left out; CPU is this process's
+ * user + system time over the same window (the Redis server's CPU is not included).
+ *
+ * Usage: npm run bench:worker -- [--json] [--events=N] [--users=U] [--dim=D]
+ * Needs Kafka and Redis (npm run services:up). Prints figures; asserts nothing.
+ */
+import { performance } from 'node:perf_hooks';
+import { Kafka, logLevel } from 'kafkajs';
+import { Redis } from 'ioredis';
+import type { Config } from '../src/config/config.js';
+import { loadConfig } from '../src/config/config.js';
+import { ItemStore } from '../src/items/store.js';
+import { createLogger } from '../src/ops/logger.js';
+import { WorkerMetrics, createRegistry } from '../src/ops/metrics.js';
+import { AffinityWorker } from '../src/workers/events-worker.js';
+
+interface Options {
+  json: boolean;
+  events: number;
+  users: number;
+  dim: number;
+}
+
+interface RunFigures {
+  eventsPerSecond: number;
+  cpuMicrosecondsPerEvent: number;
+  seconds: number;
+}
+
+const BROKERS = process.env['AFFINITY_KAFKA_BROKERS'] ?? '127.0.0.1:19092';
+const REDIS_URL = process.env['AFFINITY_REDIS_URL'] ?? 'redis://127.0.0.1:6379';
+const ITEMS = 10_000;
+const POLL_MS = 10;
+
+async function main(): Promise<void> {
+  const options = parseOptions(process.argv.slice(2));
+  const run = `bench-${Date.now().toString(36)}`;
+  const kafka = new Kafka({
+    clientId: 'bench',
+    brokers: BROKERS.split(','),
+    logLevel: logLevel.NOTHING,
+  });
+  const topic = `${run}-events`;
+  log(options, `producing ${options.events} events to ${topic}`);
+  await produceEvents(kafka, topic, options);
+
+  try {
+    const bare = await measureBare(kafka, topic, options, `${run}-bare`);
+    log(options, `bare consumer: ${bare.eventsPerSecond.toFixed(0)} events/s`);
+    const method1 = await measureWorker(topic, options, `${run}-m1`, false);
+    log(options, `worker, method 1: ${method1.eventsPerSecond.toFixed(0)} events/s`);
+    const methods12 = await measureWorker(topic, options, `${run}-m12`, true);
+    log(options, `worker, methods 1+2: ${methods12.eventsPerSecond.toFixed(0)} events/s`);
+    report(options, { bare, method1, methods12 });
+  } finally {
+    const admin = kafka.admin();
+    await admin.connect();
+    await admin.deleteTopics({ topics: [topic] }).catch(() => undefined);
+    await admin.disconnect();
+  }
+}
+
+async function produceEvents(kafka: Kafka, topic: string, options: Options): Promise<void> {
+  const admin = kafka.admin();
+  await admin.connect();
+  await admin.createTopics({ topics: [{ topic, numPartitions: 1 }], waitForLeaders: true });
+  await admin.disconnect();
+
+  const producer = kafka.producer();
+  await producer.connect();
+  const nowMs = Date.now();
+  const types = ['click', 'click', 'click', 'like', 'purchase', 'dislike', 'skip'];
+  for (let start = 0; start < options.events; start += 5_000) {
+    const messages = [];
+    for (let n = start; n < Math.min(options.events, start + 5_000); n++) {
+      const user = `u${(n * 7_919) % options.users}`;
+      const event = {
+        user,
+        item: `i${(n * 104_729) % ITEMS}`,
+        ts: nowMs - (options.events - n) * 10,
+        type: types[n % types.length],
+      };
+      messages.push({ key: user, value: JSON.stringify(event) });
+    }
+    await producer.send({ topic, messages, acks: -1 });
+  }
+  await producer.disconnect();
+}
+
+async function measureBare(
+  kafka: Kafka,
+  topic: string,
+  options: Options,
+  groupId: string,
+): Promise<RunFigures> {
+  const consumer = kafka.consumer({ groupId, maxWaitTimeInMs: 100 });
+  let consumed = 0;
+  await consumer.connect();
+  await consumer.subscribe({ topic, fromBeginning: true });
+  await consumer.run({
+    eachBatchAutoResolve: false,
+    eachBatch: async ({ batch, resolveOffset, commitOffsetsIfNecessary }) => {
+      const last = batch.messages[batch.messages.length - 1];
+      if (!last) return;
+      consumed += batch.messages.length;
+      resolveOffset(last.offset);
+      await commitOffsetsIfNecessary();
+    },
+  });
+  const figures = await measure(options, () => consumed);
+  await consumer.disconnect();
+  await deleteGroup(kafka, groupId);
+  return figures;
+}
+
+async function measureWorker(
+  topic: string,
+  options: Options,
+  run: string,
+  dual: boolean,
+): Promise<RunFigures> {
+  const config = benchConfig(topic, run, dual);
+  await loadRandomCatalogue(config, options.dim);
+  const metrics = new WorkerMetrics(createRegistry(false));
+  const worker = new AffinityWorker(config, createLogger('silent'), metrics);
+  await worker.start();
+  const applied = async () => (await metrics.eventsApplied.get()).values[0]?.value ?? 0;
+
+  let latest = 0;
+  const poller = setInterval(() => void applied().then((value) => (latest = value)), POLL_MS);
+  const figures = await measure(options, () => latest);
+  clearInterval(poller);
+  await worker.close();
+  await cleanup(config);
+  return figures;
+}
+
+/** Waits for the first progress, then times until `progress()` reaches the event count. */
+async function measure(options: Options, progress: () => number): Promise<RunFigures> {
+  while (progress() === 0) await tick();
+  const startedMs = performance.now();
+  const startedCpu = process.cpuUsage();
+  const startedAt = progress();
+  while (progress() < options.events) await tick();
+
+  const seconds = (performance.now() - startedMs) / 1_000;
+  const cpu = process.cpuUsage(startedCpu);
+  const measured = options.events - startedAt;
+  return {
+    eventsPerSecond: measured / seconds,
+    cpuMicrosecondsPerEvent: (cpu.user + cpu.system) / measured,
+    seconds,
+  };
+}
+
+function benchConfig(topic: string, run: string, dual: boolean): Config {
+  return loadConfig({
+    AFFINITY_KAFKA_BROKERS: BROKERS,
+    AFFINITY_REDIS_URL: REDIS_URL,
+    AFFINITY_EVENTS_TOPIC: topic,
+    AFFINITY_DEAD_LETTER_TOPIC: `${run}-dead-letter`,
+    AFFINITY_ITEMS_TOPIC: `${run}-items`,
+    AFFINITY_GROUP_ID: run,
+    AFFINITY_KEY_PREFIX: `${run}:`,
+    AFFINITY_DUAL_ENABLED: String(dual),
+    AFFINITY_LOG_LEVEL: 'silent',
+  });
+}
+
+async function loadRandomCatalogue(config: Config, dim: number): Promise<void> {
+  const redis = new Redis(config.redisUrl);
+  let seed = 12_345;
+  const random = () => {
+    seed = (seed * 1_103_515_245 + 12_345) % 2_147_483_648;
+    return seed / 2_147_483_648 - 0.5;
+  };
+  const ids = Array.from({ length: ITEMS }, (_, i) => `i${i}`);
+  const vectors = new Float32Array(ITEMS * dim);
+  for (let row = 0; row < ITEMS; row++) {
+    let sumOfSquares = 0;
+    for (let k = 0; k < dim; k++) {
+      const x = random();
+      vectors[row * dim + k] = x;
+      sumOfSquares += x * x;
+    }
+    for (let k = 0; k < dim; k++) vectors[row * dim + k]! /= Math.sqrt(sumOfSquares);
+  }
+  await new ItemStore(redis, { prefix: config.keyPrefix }).replaceAll(ids, vectors, {
+    dim,
+    centered: false,
+    normalized: true,
+    mean: null,
+  });
+  await redis.quit();
+}
+
+async function cleanup(config: Config): Promise<void> {
+  const redis = new Redis(config.redisUrl);
+  let cursor = '0';
+  do {
+    const [next, keys] = await redis.scan(cursor, 'MATCH', `${config.keyPrefix}*`, 'COUNT', 1_000);
+    if (keys.length > 0) await redis.del(...keys);
+    cursor = next;
+  } while (cursor !== '0');
+  await redis.quit();
+
+  const kafka = new Kafka({
+    clientId: 'bench',
+    brokers: [...config.kafkaBrokers],
+    logLevel: logLevel.NOTHING,
+  });
+  const admin = kafka.admin();
+  await admin.connect();
+  await admin.deleteGroups([config.groupId, `${config.groupId}-items`]).catch(() => undefined);
+  await admin
+    .deleteTopics({ topics: [config.deadLetterTopic, config.itemsTopic] })
+    .catch(() => undefined);
+  await admin.disconnect();
+}
+
+async function deleteGroup(kafka: Kafka, groupId: string): Promise<void> {
+  const admin = kafka.admin();
+  await admin.connect();
+  await admin.deleteGroups([groupId]).catch(() => undefined);
+  await admin.disconnect();
+}
+
+function report(
+  options: Options,
+  figures: { bare: RunFigures; method1: RunFigures; methods12: RunFigures },
+): void {
+  const ratio = figures.method1.eventsPerSecond / figures.bare.eventsPerSecond;
+  const result = {
+    events: options.events,
+    users: options.users,
+    dim: options.dim,
+    bare: figures.bare,
+    worker_method1: figures.method1,
+    worker_methods12: figures.methods12,
+    method1_to_bare_ratio: ratio,
+    target: 'worker (method 1) sustains at least half the bare consumer rate',
+    target_met: ratio >= 0.5,
+  };
+  if (options.json) {
+    console.log(JSON.stringify(result, null, 2));
+    return;
+  }
+  console.log(`\nevents ${options.events}, users ${options.users}, dim ${options.dim}`);
+  console.log('run                    events/s   cpu µs/event   seconds');
+  for (const [name, run] of [
+    ['bare kafkajs consumer', figures.bare],
+    ['worker, method 1', figures.method1],
+    ['worker, methods 1+2', figures.methods12],
+  ] as const) {
+    console.log(
+      `${name.padEnd(22)} ${run.eventsPerSecond.toFixed(0).padStart(8)}   ${run.cpuMicrosecondsPerEvent.toFixed(1).padStart(12)}   ${run.seconds.toFixed(2).padStart(7)}`,
+    );
+  }
+  console.log(
+    `method 1 / bare = ${ratio.toFixed(2)} (target ≥ 0.5: ${ratio >= 0.5 ? 'met' : 'NOT met'})`,
+  );
+}
+
+function parseOptions(args: readonly string[]): Options {
+  const options: Options = { json: false, events: 100_000, users: 5_000, dim: 384 };
+  for (const arg of args) {
+    const [name, value] = arg.split('=');
+    if (name === '--json') options.json = true;
+    else if (name === '--events') options.events = Number(value);
+    else if (name === '--users') options.users = Number(value);
+    else if (name === '--dim') options.dim = Number(value);
+    else
+      throw new Error(`unknown argument ${arg}; expected --json, --events=N, --users=U, --dim=D`);
+  }
+  return options;
+}
+
+function log(options: Options, message: string): void {
+  if (!options.json) console.error(message);
+}
+
+function tick(): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, POLL_MS));
+}
+
+await main();
