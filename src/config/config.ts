@@ -38,6 +38,9 @@ export interface Config {
   readonly maxMessageBytes: number;
   readonly fetchMaxBytesPerPartition: number;
   readonly kafkaSessionTimeoutMs: number;
+  readonly flushIntervalMs: number;
+  readonly flushMaxUsers: number;
+  readonly stateCacheUsers: number;
   readonly maxEventAgeMs: number;
   readonly maxEventFutureMs: number;
   readonly embeddingCacheItems: number;
@@ -80,6 +83,9 @@ export function loadConfig(env: Env = process.env): Config {
       104_857_600,
     ),
     kafkaSessionTimeoutMs: read.duration('AFFINITY_KAFKA_SESSION_TIMEOUT', '30s'),
+    flushIntervalMs: read.duration('AFFINITY_FLUSH_INTERVAL', '500ms'),
+    flushMaxUsers: read.integer('AFFINITY_FLUSH_MAX_USERS', 20_000, 1, 10_000_000),
+    stateCacheUsers: read.integer('AFFINITY_STATE_CACHE_USERS', 100_000, 0, 100_000_000),
     maxEventAgeMs: read.duration('AFFINITY_MAX_EVENT_AGE', '3650d'),
     maxEventFutureMs: read.duration('AFFINITY_MAX_EVENT_FUTURE', '1h'),
     embeddingCacheItems: read.integer('AFFINITY_EMBEDDING_CACHE_ITEMS', 1_000_000, 0, 1e9),
@@ -122,6 +128,12 @@ function checkCrossFieldRules(config: Config): void {
     throw configError(
       'AFFINITY_KAFKA_SESSION_TIMEOUT',
       'must be at least 1s (heartbeats go every third)',
+    );
+  }
+  if (config.flushIntervalMs >= config.kafkaSessionTimeoutMs) {
+    throw configError(
+      'AFFINITY_FLUSH_INTERVAL',
+      'must be shorter than AFFINITY_KAFKA_SESSION_TIMEOUT',
     );
   }
   if (new Set(config.halfLivesMs).size !== config.halfLivesMs.length) {

@@ -33,7 +33,8 @@ import { createGunzip } from 'node:zlib';
 
 import { CatalogueError } from './errors.js';
 import type { CatalogueLocation } from './errors.js';
-import { decodeFloat32LE, toFloat32, validateEmbedding } from './transform.js';
+import { decodeFloat32LE } from '../encoding/float32.js';
+import { toFloat32, validateEmbedding } from './transform.js';
 
 /** Item embeddings: row `r` of `vectors` (`dim` values from `r * dim`) belongs to `ids[r]`. */
 export interface Catalogue {

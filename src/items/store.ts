@@ -16,7 +16,7 @@ import {
   encodeGramian,
   replaceItem,
 } from '../features/gramian.js';
-import { float32Bytes } from '../state/codec.js';
+import { decodeFloat32LE, float32Bytes } from '../encoding/float32.js';
 import type { KeySpace } from '../state/keys.js';
 import {
   catalogChangesKey,
@@ -24,7 +24,7 @@ import {
   catalogItemsKey,
   catalogMetaKey,
 } from '../state/keys.js';
-import { decodeFloat32LE, transformEmbedding } from './transform.js';
+import { transformEmbedding } from './transform.js';
 
 export const CATALOG_FORMAT_VERSION = 1;
 

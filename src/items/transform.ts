@@ -25,14 +25,13 @@ import type { Catalogue } from './loaders.js';
 import { CatalogueError } from './errors.js';
 import type { CatalogueLocation } from './errors.js';
 import { axpy, norm, scale } from '../features/vector.js';
+import { decodeFloat32LE } from '../encoding/float32.js';
 
 /** Absolute floor: a vector whose norm is at most this times sqrt(dim) is zero. */
 export const ZERO_NORM_PER_COMPONENT = 1e-12;
 
 /** Relative floor after centring: |e - mean| at most this times max(|e|, |mean|) is zero. */
 export const CENTRED_ZERO_TOLERANCE = 1e-6;
-
-const IS_LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
 /** The column means of a catalogue, accumulated in float64 and returned as float32. */
 export function catalogueMean(c: Catalogue): Float32Array {
@@ -139,22 +138,6 @@ export function validateEmbedding(v: Float32Array, location: CatalogueLocation):
     const detail = `zero vector: norm ${length} is at most ${floor}`;
     throw new CatalogueError('ITEMS_ZERO_VECTOR', detail, location);
   }
-}
-
-/**
- * Copies little-endian float32 bytes into `target` (or a new array of length bytes / 4). Works
- * whatever the alignment of `bytes` and the endianness of the host.
- */
-export function decodeFloat32LE(bytes: Uint8Array, target?: Float32Array): Float32Array {
-  const out = target ?? new Float32Array(bytes.length / 4);
-  if (IS_LITTLE_ENDIAN) {
-    new Uint8Array(out.buffer, out.byteOffset, out.byteLength).set(bytes);
-    return out;
-  }
-
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  for (let i = 0; i < out.length; i++) out[i] = view.getFloat32(4 * i, true);
-  return out;
 }
 
 /** The zero test described at the top of this file. `reference` is 0 for a raw vector. */

@@ -12,6 +12,7 @@ import type { AggregateLayout } from '../features/aggregate.js';
 import { POLARITIES, slotIndex } from '../features/aggregate.js';
 import type { HistoryEntry, PendingEntry, UserState } from './user-state.js';
 import { STATE_FORMAT_VERSION, emptyUserState } from './user-state.js';
+import { decodeFloat32LE, float32Bytes } from '../encoding/float32.js';
 
 export type StateFields = Record<string, Buffer>;
 
@@ -128,18 +129,10 @@ function decodeDual(fields: StateFields, dim: number): UserState['dual'] {
   };
 }
 
-export function float32Bytes(values: Float32Array): Buffer {
-  const bytes = Buffer.allocUnsafe(values.length * 4);
-  for (let i = 0; i < values.length; i++) bytes.writeFloatLE(values[i]!, i * 4);
-  return bytes;
-}
-
 export function readFloat32(bytes: Buffer, dim: number): Float32Array {
   if (bytes.length !== dim * 4)
     throw corrupt(`vector of ${bytes.length} bytes, expected ${dim * 4}`);
-  const values = new Float32Array(dim);
-  for (let i = 0; i < dim; i++) values[i] = bytes.readFloatLE(i * 4);
-  return values;
+  return decodeFloat32LE(bytes);
 }
 
 function text(fields: StateFields, name: string): string | undefined {

@@ -26,7 +26,7 @@ import type { SequencedEvent } from '../state/user-state.js';
 import { decodeEvent } from '../stream/decode.js';
 import type { DeadLetter } from '../stream/kafka.js';
 import { DeadLetterSink, createKafka, ensureTopics } from '../stream/kafka.js';
-import { BatchProcessor } from './batch-processor.js';
+import { StateBuffer } from './state-buffer.js';
 
 const CATALOGUE_WAIT_MS = 1_000;
 
@@ -38,7 +38,12 @@ export class AffinityWorker {
   private readonly itemsConsumer: Consumer;
   private readonly itemStore: ItemStore;
   private readonly cache: EmbeddingCache;
-  private readonly processor: BatchProcessor;
+  private readonly buffer: StateBuffer;
+  /** Next offset to commit per partition, once the states holding its events are flushed. */
+  private readonly positions = new Map<number, string>();
+  /** Serialises batches, timed flushes and rebalance flushes. */
+  private exclusive: Promise<unknown> = Promise.resolve();
+  private flushTimer: NodeJS.Timeout | null = null;
   private readonly deadLetters: DeadLetterSink;
   private joined = false;
   private closing: Promise<void> | null = null;
@@ -55,6 +60,7 @@ export class AffinityWorker {
       ...consumerTimings(config),
       groupId: config.groupId,
       maxBytesPerPartition: config.fetchMaxBytesPerPartition,
+      maxBytes: Math.max(10_485_760, 2 * config.fetchMaxBytesPerPartition),
     });
     this.itemsConsumer = this.kafka.consumer({
       ...consumerTimings(config),
@@ -76,7 +82,7 @@ export class AffinityWorker {
       { prefix: config.keyPrefix },
       config.userIdleTtlMs,
     );
-    this.processor = new BatchProcessor(config, store, this.cache, metrics, logger);
+    this.buffer = new StateBuffer(config, store, this.cache, metrics, logger);
     this.deadLetters = new DeadLetterSink(this.producer, config.deadLetterTopic);
   }
 
@@ -122,7 +128,10 @@ export class AffinityWorker {
       const { memberId, memberAssignment } = event.payload;
       this.logger.info({ role, memberId, assignment: memberAssignment }, 'consumer joined group');
     });
-    consumer.on(REBALANCING, () => this.logger.info({ role }, 'consumer rebalancing'));
+    consumer.on(REBALANCING, () => {
+      this.logger.info({ role }, 'consumer rebalancing');
+      if (role === 'events') void this.serially(() => this.flushBeforeRebalance());
+    });
     consumer.on(CRASH, (event) => {
       const { error, restart } = event.payload;
       this.logger.error({ role, err: error, restart }, 'consumer crashed');
@@ -133,10 +142,12 @@ export class AffinityWorker {
     await this.eventsConsumer.connect();
     await this.eventsConsumer.subscribe({ topic: this.config.eventsTopic, fromBeginning: true });
     await this.eventsConsumer.run({
-      autoCommit: true,
+      autoCommit: false,
       eachBatchAutoResolve: false,
-      eachBatch: (payload) => this.handleEventsBatch(payload),
+      eachBatch: (payload) => this.serially(() => this.handleEventsBatch(payload)),
     });
+    const tickMs = Math.max(10, Math.floor(this.config.flushIntervalMs / 2));
+    this.flushTimer = setInterval(() => void this.flushIfDue(), tickMs);
   }
 
   private async runItemsConsumer(): Promise<void> {
@@ -161,20 +172,56 @@ export class AffinityWorker {
     await this.deadLetters.send(letters);
     for (const letter of letters) this.metrics.eventsDeadLettered.inc({ reason: letter.reason });
     await this.waitForCatalogue(payload);
-    const outcome = await this.processor.process(events);
-    this.metrics.eventsApplied.inc(outcome.applied);
+    await this.buffer.apply(events);
 
     payload.resolveOffset(last.offset);
-    await payload.commitOffsetsIfNecessary();
-    this.metrics.consumerLag.set(
-      { topic: batch.topic, partition: String(batch.partition) },
-      Number(batch.offsetLag()),
-    );
+    this.positions.set(batch.partition, (BigInt(last.offset) + 1n).toString());
+    if (this.buffer.flushDue(this.positions.size > 0)) await this.flushAndCommit();
+    await payload.heartbeat();
+    const lag = Number(batch.offsetLag());
+    this.metrics.consumerLag.set({ topic: batch.topic, partition: String(batch.partition) }, lag);
     stopTimer();
-    this.logger.debug(
-      { partition: batch.partition, messages: batch.messages.length, ...outcome },
-      'batch applied',
-    );
+  }
+
+  /** Runs `work` after everything queued before it, so flushes never overlap a batch. */
+  private serially<T>(work: () => Promise<T>): Promise<T> {
+    const run = this.exclusive.then(work, work);
+    this.exclusive = run.catch(() => undefined);
+    return run;
+  }
+
+  private flushIfDue(): Promise<void> {
+    if (!this.buffer.flushDue(this.positions.size > 0)) return Promise.resolve();
+    return this.serially(() => this.flushAndCommit()).catch((err: unknown) => {
+      this.logger.warn({ err }, 'timed flush failed; the next batch or tick retries');
+    });
+  }
+
+  /**
+   * Writes every changed state, then commits the offsets of the events they hold. A commit
+   * that fails (the partition moved in a rebalance) is harmless: the new owner replays those
+   * events and skips them by the offsets stored with each state.
+   */
+  private async flushAndCommit(): Promise<void> {
+    const positions = [...this.positions].map(([partition, offset]) => ({
+      topic: this.config.eventsTopic,
+      partition,
+      offset,
+    }));
+    const outcome = await this.buffer.flush();
+    if (positions.length === 0) return;
+    try {
+      await this.eventsConsumer.commitOffsets(positions);
+      for (const { partition, offset } of positions) {
+        if (this.positions.get(partition) === offset) this.positions.delete(partition);
+      }
+    } catch (err) {
+      this.logger.warn(
+        { err, positions },
+        'offset commit failed; events will be replayed and skipped',
+      );
+    }
+    this.logger.debug({ ...outcome, positions }, 'flushed and committed');
   }
 
   private decodeBatch(payload: EachBatchPayload): {
@@ -272,6 +319,17 @@ export class AffinityWorker {
     await this.itemStore.applyChanges(changes, true);
   }
 
+  /** Held states may belong to partitions about to move: write them, then forget them all. */
+  private async flushBeforeRebalance(): Promise<void> {
+    try {
+      await this.flushAndCommit();
+    } catch (err) {
+      this.logger.warn({ err }, 'flush before rebalance failed; the events will be replayed');
+    }
+    this.buffer.clear();
+    this.positions.clear();
+  }
+
   /** Finishes the batch in flight, commits, and disconnects; safe to call more than once. */
   close(): Promise<void> {
     this.closing ??= this.closeAll();
@@ -279,7 +337,10 @@ export class AffinityWorker {
   }
 
   private async closeAll(): Promise<void> {
+    if (this.flushTimer) clearInterval(this.flushTimer);
     const steps: [string, () => Promise<unknown>][] = [
+      ['events consumer stop', () => this.eventsConsumer.stop()],
+      ['final flush', () => this.serially(() => this.flushAndCommit())],
       ['events consumer', () => this.eventsConsumer.disconnect()],
       ['items consumer', () => this.itemsConsumer.disconnect()],
       ['producer', () => this.producer.disconnect()],

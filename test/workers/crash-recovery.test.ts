@@ -10,6 +10,7 @@ import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import type { Message } from 'kafkajs';
 import { Redis } from 'ioredis';
 import type { AggregateLayout } from '../../src/features/aggregate.js';
 import { UserStateStore } from '../../src/state/store.js';
@@ -35,6 +36,14 @@ const CLI = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
 const USERS = Array.from({ length: 40 }, (_, i) => `user-${i}`);
 const DIM = 32;
 
+/** Sends 40 messages every 20 ms, so the stream is still flowing when the kill lands. */
+async function produceSteadily(topic: string, messages: Message[]): Promise<void> {
+  for (let start = 0; start < messages.length; start += 40) {
+    await produce(topic, messages.slice(start, start + 40));
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
 function spawnWorker(env: Record<string, string>): ChildProcess {
   return spawn(process.execPath, [CLI, 'worker'], {
     env: { ...process.env, ...env },
@@ -49,7 +58,6 @@ test('a worker killed with SIGKILL mid-stream and restarted applies every event 
   await loadCatalogueIntoRedis(config, items);
   const events = randomEvents(USERS, 100, 200, 8, Date.now());
   const messages = eventMessages(events);
-  await produce(config.eventsTopic, messages.slice(0, 1_000));
   const redis = new Redis(REDIS_URL);
   t.after(() => redis.quit());
 
@@ -62,7 +70,7 @@ test('a worker killed with SIGKILL mid-stream and restarted applies every event 
   });
   const first = spawnWorker(env);
   t.after(() => first.kill('SIGKILL'));
-  const streaming = produce(config.eventsTopic, messages.slice(1_000));
+  const streaming = produceSteadily(config.eventsTopic, messages);
   await waitFor(
     'a first part of the stream applied',
     async () => (await appliedCount(redis, config, USERS)) >= 500,
