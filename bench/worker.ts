@@ -118,7 +118,11 @@ async function measureBare(
       await commitOffsetsIfNecessary();
     },
   });
-  const figures = await measure(options, () => consumed);
+  const figures = await measure(
+    options,
+    () => consumed,
+    () => consumed,
+  );
   await consumer.disconnect();
   await deleteGroup(kafka, groupId);
   return figures;
@@ -135,24 +139,40 @@ async function measureWorker(
   const metrics = new WorkerMetrics(createRegistry(false));
   const worker = new AffinityWorker(config, createLogger('silent'), metrics);
   await worker.start();
-  const applied = async () => (await metrics.eventsApplied.get()).values[0]?.value ?? 0;
+  const total = async (counter: { get(): Promise<{ values: { value: number }[] }> }) =>
+    (await counter.get()).values.reduce((sum, sample) => sum + sample.value, 0);
 
-  let latest = 0;
-  const poller = setInterval(() => void applied().then((value) => (latest = value)), POLL_MS);
-  const figures = await measure(options, () => latest);
+  let consumed = 0;
+  let applied = 0;
+  const poller = setInterval(() => {
+    void total(metrics.eventsConsumed).then((value) => (consumed = value));
+    void total(metrics.eventsApplied).then((value) => (applied = value));
+  }, POLL_MS);
+  const figures = await measure(
+    options,
+    () => consumed,
+    () => applied,
+  );
   clearInterval(poller);
   await worker.close();
   await cleanup(config);
   return figures;
 }
 
-/** Waits for the first progress, then times until `progress()` reaches the event count. */
-async function measure(options: Options, progress: () => number): Promise<RunFigures> {
-  while (progress() === 0) await tick();
+/**
+ * Times from the first event read (`started()` > 0) until `done()` reaches the event count:
+ * the first batch's reading is left out, the last flush's writing is in.
+ */
+async function measure(
+  options: Options,
+  started: () => number,
+  done: () => number,
+): Promise<RunFigures> {
+  while (started() === 0) await tick();
   const startedMs = performance.now();
   const startedCpu = process.cpuUsage();
-  const startedAt = progress();
-  while (progress() < options.events) await tick();
+  const startedAt = started();
+  while (done() < options.events) await tick();
 
   const seconds = (performance.now() - startedMs) / 1_000;
   const cpu = process.cpuUsage(startedCpu);

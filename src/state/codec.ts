@@ -26,7 +26,10 @@ export function weightField(polarity: keyof typeof POLARITY_TAG, halfLifeMs: num
   return `w:${POLARITY_TAG[polarity]}:${formatDuration(halfLifeMs)}`;
 }
 
-/** Encodes the whole state; the writer replaces the hash with exactly these fields. */
+/**
+ * Encodes the whole state. The set of fields only grows (none is ever left out once written),
+ * so the writer overwrites in place instead of deleting the hash first.
+ */
 export function encodeUserState(
   state: UserState,
   layout: AggregateLayout,
@@ -42,7 +45,7 @@ export function encodeUserState(
   for (const [partition, offset] of state.offsets) fields.set(`off:${partition}`, String(offset));
   encodeAggregates(state, layout, fields);
   fields.set('hist', JSON.stringify(state.history));
-  if (state.pending.length > 0) fields.set('pending', JSON.stringify(state.pending));
+  fields.set('pending', JSON.stringify(state.pending));
   if (state.dual) encodeDual(state, fields);
   return fields;
 }

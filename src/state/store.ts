@@ -1,6 +1,6 @@
 /**
  * Reads and writes user states in Redis, one round trip per batch each way. A write is a Lua
- * script per user that replaces the user's hash only if its revision is still the one that was
+ * script per user that overwrites the user's hash only if its revision is still the one that was
  * read (optimistic concurrency): a zombie consumer that lost its partitions in a rebalance can
  * therefore never overwrite a newer state, and the state and its applied offsets always change
  * together.
@@ -17,7 +17,6 @@ import type { UserState } from './user-state.js';
 const WRITE_STATE_LUA = `
 local current = redis.call('HGET', KEYS[1], 'rev') or '0'
 if current ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 if tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 1
