@@ -14,12 +14,13 @@ import { ItemStore } from '../items/store.js';
 import { transformCatalogue } from '../items/transform.js';
 import { startOpsServer } from '../ops/http.js';
 import { createLogger } from '../ops/logger.js';
-import type { Logger } from '../ops/logger.js';
 import { WorkerMetrics, createRegistry } from '../ops/metrics.js';
 import { FeatureReader } from '../reader/feature-reader.js';
 import type { FeatureResponse } from '../reader/feature-reader.js';
 import { AffinityWorker } from '../workers/events-worker.js';
 import { extraCommands } from './extra-commands.js';
+import './neural-commands.js';
+import { stopOnSignals } from './signals.js';
 
 const USAGE = `usage: affinity <command> [options]
 
@@ -76,33 +77,6 @@ async function runWorker(): Promise<number> {
   });
   await worker.start();
   return stopped;
-}
-
-/**
- * Graceful on the first SIGTERM or SIGINT (finish the batch, commit, disconnect), immediate on
- * the second. Resolves with the exit code once the graceful stop is done.
- */
-export function stopOnSignals(logger: Logger, stop: () => Promise<void>): Promise<number> {
-  return new Promise((resolve) => {
-    let stopping = false;
-    const onSignal = (signal: NodeJS.Signals) => {
-      if (stopping) {
-        logger.warn({ signal }, 'second signal: exiting now');
-        process.exit(130);
-      }
-      stopping = true;
-      logger.info({ signal }, 'stopping gracefully; send the signal again to exit at once');
-      stop().then(
-        () => resolve(0),
-        (err: unknown) => {
-          logger.error({ err }, 'graceful stop failed');
-          resolve(1);
-        },
-      );
-    };
-    process.on('SIGTERM', onSignal);
-    process.on('SIGINT', onSignal);
-  });
 }
 
 async function runItems(args: readonly string[]): Promise<number> {
@@ -169,7 +143,10 @@ async function runFeatures(args: readonly string[]): Promise<number> {
   if (!Number.isFinite(atMs)) throw usage('--at must be epoch milliseconds');
 
   const config: Config = loadConfig();
-  const reader = FeatureReader.fromConfig(config, await extraNeuralSource(config));
+  const reader = FeatureReader.fromConfig(
+    config,
+    createLogger(config.logLevel, { role: 'reader' }),
+  );
   try {
     const items = values.items
       .split(',')
@@ -181,11 +158,6 @@ async function runFeatures(args: readonly string[]): Promise<number> {
     await reader.close();
   }
   return 0;
-}
-
-async function extraNeuralSource(config: Config) {
-  const { neuralSourceFor } = await import('./neural-source.js');
-  return neuralSourceFor(config);
 }
 
 function formatTable(response: FeatureResponse): string {

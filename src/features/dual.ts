@@ -67,6 +67,8 @@ export interface DualTerm {
 
 /** The history after merging events per item: |H| rows. */
 export interface AggregatedHistory {
+  /** The item key of each row, in order of first appearance. */
+  readonly itemIds: readonly string[];
   /** One embedding per distinct item with positive total confidence. */
   readonly embeddings: readonly Float32Array[];
   /** Summed confidence C of each item. */
@@ -102,6 +104,7 @@ export function lambdaForUser(
  */
 export function aggregateHistory(terms: Iterable<DualTerm>, dim: number): AggregatedHistory {
   const rowOf = new Map<string, number>();
+  const itemIds: string[] = [];
   const embeddings: Float32Array[] = [];
   const confidences: number[] = [];
   const weightedTargets: number[] = [];
@@ -111,6 +114,7 @@ export function aggregateHistory(terms: Iterable<DualTerm>, dim: number): Aggreg
     const row = rowOf.get(term.itemId);
     if (row === undefined) {
       rowOf.set(term.itemId, embeddings.length);
+      itemIds.push(term.itemId);
       embeddings.push(term.embedding);
       confidences.push(term.confidence);
       weightedTargets.push(term.confidence * term.target);
@@ -123,7 +127,7 @@ export function aggregateHistory(terms: Iterable<DualTerm>, dim: number): Aggreg
     weightedTargets[row]! += term.confidence * term.target;
   }
 
-  return dropZeroConfidence(embeddings, confidences, weightedTargets);
+  return dropZeroConfidence(itemIds, embeddings, confidences, weightedTargets);
 }
 
 /**
@@ -150,7 +154,7 @@ export function solveDualCg(
   params: DualParams,
   warmStart?: Float32Array | null,
 ): DualSolution {
-  checkParams(params, catalogueSize);
+  checkDualParams(params, catalogueSize);
   const dim = gramian.dim;
   const history = aggregateHistory(terms, dim);
   const system = buildSystem(gramian, catalogueSize, history, params);
@@ -179,7 +183,7 @@ export function solveDualExact(
   terms: Iterable<DualTerm>,
   params: DualParams,
 ): Float32Array {
-  checkParams(params, catalogueSize);
+  checkDualParams(params, catalogueSize);
   const dim = gramian.dim;
   const history = aggregateHistory(terms, dim);
   if (history.embeddings.length === 0) return new Float32Array(dim);
@@ -596,7 +600,12 @@ function inverseOneNormEstimate(cholesky: CholeskyDecomposition, dim: number): n
   return Math.max(estimate, (2 * oneNormOf(solve(alternating))) / (3 * dim));
 }
 
-function checkParams(params: DualParams, catalogueSize: number): void {
+/**
+ * Throws a RangeError unless `params` and `catalogueSize` are usable by either solver: a0 and
+ * lambda finite and >= 0, nu finite, tolerance > 0, maxIterations a non-negative integer, a
+ * known preconditioner, catalogueSize finite and >= 0.
+ */
+export function checkDualParams(params: DualParams, catalogueSize: number): void {
   const { a0, lambda, nu, tolerance, maxIterations } = params;
   if (!(a0 >= 0 && Number.isFinite(a0))) throw new RangeError(`a0 must be >= 0, got ${a0}`);
   if (!(lambda >= 0 && Number.isFinite(lambda))) {
@@ -637,6 +646,7 @@ function sameEmbedding(a: Float32Array, b: Float32Array): boolean {
 }
 
 function dropZeroConfidence(
+  itemIds: string[],
   embeddings: Float32Array[],
   confidences: number[],
   weightedTargets: number[],
@@ -651,6 +661,7 @@ function dropZeroConfidence(
     keptTargets[index] = weightedTargets[row]! / confidences[row]!;
   });
   return {
+    itemIds: kept.map((row) => itemIds[row]!),
     embeddings: kept.map((row) => embeddings[row]!),
     confidences: keptConfidences,
     targets: keptTargets,

@@ -17,6 +17,7 @@ export class EmbeddingCache {
   private readonly entries = new Map<string, Float32Array>();
   private version = -1;
   private gramian: Gramian | null = null;
+  private readonly listeners: ((changed: string[] | null) => void)[] = [];
   meta: CatalogMeta | null = null;
 
   constructor(
@@ -35,6 +36,11 @@ export class EmbeddingCache {
     return this.gramian;
   }
 
+  /** Calls `listener` with the changed items (null: possibly all) whenever the catalogue moves. */
+  onChange(listener: (changed: string[] | null) => void): void {
+    this.listeners.push(listener);
+  }
+
   /** Brings the cache up to `version` (read by the caller, often in a batch's pipeline). */
   async sync(version: number): Promise<void> {
     if (version === this.version) return;
@@ -42,6 +48,7 @@ export class EmbeddingCache {
     const changed = this.version < 0 ? null : await this.store.changesSince(this.version);
     if (changed === null) this.entries.clear();
     else for (const item of changed) this.entries.delete(item);
+    for (const listener of this.listeners) listener(changed);
 
     this.meta = await this.store.readMeta();
     if (this.loadGramian && this.meta) this.gramian = await this.store.readGramian(this.meta.dim);

@@ -13,7 +13,11 @@ import { decodeUserState } from '../state/codec.js';
 import { UserStateStore } from '../state/store.js';
 import type { UserState } from '../state/user-state.js';
 import { foldPending } from '../state/user-state.js';
+import { ModelHolder } from '../neural/model-holder.js';
+import { createLogger } from '../ops/logger.js';
+import type { Logger } from '../ops/logger.js';
 import type { FeatureSettings, FeatureValues, NeuralInputs } from './features.js';
+import { RedisNeuralSource } from './neural-source.js';
 import { computeFeatures, resolveHistory } from './features.js';
 
 export interface FeatureResponse {
@@ -58,10 +62,23 @@ export class FeatureReader {
     );
   }
 
-  /** A reader configured like the workers of `config`, on its own Redis connection. */
-  static fromConfig(config: Config, neural: NeuralSource | null = null): FeatureReader {
+  /**
+   * A reader configured like the workers of `config`, on its own Redis connection, with the
+   * neural features when AFFINITY_NEURAL_MODEL_DIR names a model.
+   */
+  static fromConfig(config: Config, logger: Logger = createLogger(config.logLevel)): FeatureReader {
+    const redis = new Redis(config.redisUrl, { maxRetriesPerRequest: 3 });
+    const keys = { prefix: config.keyPrefix };
+    const neural = config.neuralModelDir
+      ? new RedisNeuralSource(
+          redis,
+          keys,
+          new ModelHolder(config.neuralModelDir, logger),
+          config.neuralModelPollMs,
+        )
+      : null;
     return new FeatureReader({
-      redis: new Redis(config.redisUrl, { maxRetriesPerRequest: 3 }),
+      redis,
       keyPrefix: config.keyPrefix,
       settings: {
         historyHalfLifeMs: config.historyHalfLifeMs,
