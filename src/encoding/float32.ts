@@ -1,5 +1,5 @@
 /**
- * Float32 little-endian bytes, the encoding of every vector we store or exchange. On a
+ * Float32 (and float64) little-endian bytes, the encoding of every vector we store or exchange. On a
  * little-endian host (every platform Node supports in practice) both directions are one
  * memcpy; the DataView path keeps a big-endian host correct.
  */
@@ -28,5 +28,27 @@ export function decodeFloat32LE(bytes: Uint8Array, target?: Float32Array): Float
 
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   for (let i = 0; i < out.length; i++) out[i] = view.getFloat32(4 * i, true);
+  return out;
+}
+
+/** Little-endian float64 bytes (a copy). */
+export function float64Bytes(values: Float64Array): Buffer {
+  if (IS_LITTLE_ENDIAN) {
+    return Buffer.from(new Uint8Array(values.buffer, values.byteOffset, values.byteLength));
+  }
+  const bytes = Buffer.allocUnsafe(values.length * 8);
+  for (let i = 0; i < values.length; i++) bytes.writeDoubleLE(values[i]!, i * 8);
+  return bytes;
+}
+
+/** Little-endian float64 bytes into a new array, whatever the alignment and host. */
+export function decodeFloat64LE(bytes: Uint8Array): Float64Array {
+  const out = new Float64Array(bytes.length / 8);
+  if (IS_LITTLE_ENDIAN) {
+    new Uint8Array(out.buffer).set(bytes);
+    return out;
+  }
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  for (let i = 0; i < out.length; i++) out[i] = view.getFloat64(8 * i, true);
   return out;
 }

@@ -2,29 +2,23 @@
  * The user state as the fields of one Redis hash. docs/redis-layout.md is the contract for
  * readers in other languages; change both together and bump STATE_FORMAT_VERSION.
  *
- * Vectors are float32 little-endian, numbers are decimal strings (JavaScript's shortest
- * round-trip form, which Python's float() and Java's Double.parseDouble read back exactly),
- * lists are JSON.
+ * Vectors are float32 little-endian (weights float64), numbers are decimal strings
+ * (JavaScript's shortest round-trip form, which Python's float() and Java's
+ * Double.parseDouble read back exactly), lists and small records are JSON.
  */
 import { AffinityError } from '../errors.js';
-import { formatDuration } from '../config/duration.js';
 import type { AggregateLayout } from '../features/aggregate.js';
 import { POLARITIES, slotIndex } from '../features/aggregate.js';
 import type { HistoryEntry, PendingEntry, UserState } from './user-state.js';
 import { STATE_FORMAT_VERSION, emptyUserState } from './user-state.js';
-import { decodeFloat32LE, float32Bytes } from '../encoding/float32.js';
+import {
+  decodeFloat32LE,
+  decodeFloat64LE,
+  float32Bytes,
+  float64Bytes,
+} from '../encoding/float32.js';
 
 export type StateFields = Record<string, Buffer>;
-
-const POLARITY_TAG = { positive: 'pos', negative: 'neg' } as const;
-
-export function sumField(polarity: keyof typeof POLARITY_TAG, halfLifeMs: number): string {
-  return `sum:${POLARITY_TAG[polarity]}:${formatDuration(halfLifeMs)}`;
-}
-
-export function weightField(polarity: keyof typeof POLARITY_TAG, halfLifeMs: number): string {
-  return `w:${POLARITY_TAG[polarity]}:${formatDuration(halfLifeMs)}`;
-}
 
 /**
  * Encodes the whole state. The set of fields only grows (none is ever left out once written),
@@ -50,27 +44,26 @@ export function encodeUserState(
   return fields;
 }
 
+/**
+ * The decayed sums as one float32 array of shape [2][H][dim] (positive then negative, half-lives
+ * in the order of `half_lives_ms`), which is exactly the in-memory layout, and the weights as
+ * float64 [2][H]: a Python reader needs one `numpy.frombuffer(...).reshape(...)` for each.
+ */
 function encodeAggregates(
   state: UserState,
   layout: AggregateLayout,
   fields: Map<string, Buffer | string>,
 ): void {
-  layout.halfLivesMs.forEach((halfLifeMs, h) => {
-    for (const polarity of POLARITIES) {
-      const slot = slotIndex(layout, polarity, h);
-      const sum = state.aggregates.sums.subarray(slot * layout.dim, (slot + 1) * layout.dim);
-      fields.set(sumField(polarity, halfLifeMs), float32Bytes(sum));
-      fields.set(weightField(polarity, halfLifeMs), String(state.aggregates.weights[slot]));
-    }
-  });
+  fields.set('half_lives_ms', layout.halfLivesMs.join(','));
+  fields.set('sums', float32Bytes(state.aggregates.sums));
+  fields.set('weights', float64Bytes(state.aggregates.weights));
 }
 
 function encodeDual(state: UserState, fields: Map<string, Buffer | string>): void {
   const dual = state.dual!;
   fields.set('dual', float32Bytes(dual.vector));
-  fields.set('dual_iter', String(dual.iterations));
-  fields.set('dual_residual', String(dual.relativeResidual));
-  fields.set('dual_terms', String(dual.terms));
+  const stats = { iterations: dual.iterations, residual: dual.relativeResidual, terms: dual.terms };
+  fields.set('dual_stats', JSON.stringify(stats));
 }
 
 /**
@@ -109,26 +102,38 @@ function decodeOffsets(fields: StateFields, state: UserState): void {
 
 /** A half-life missing from the stored state (newly configured) starts from zero. */
 function decodeAggregates(fields: StateFields, layout: AggregateLayout, state: UserState): void {
+  const sums = fields['sums'];
+  const weights = fields['weights'];
+  const stored = (text(fields, 'half_lives_ms') ?? '').split(',').map(Number);
+  if (!sums || !weights) return;
+  if (sums.length !== stored.length * 2 * layout.dim * 4 || weights.length !== stored.length * 16) {
+    throw corrupt(`sums of ${sums.length} bytes and weights of ${weights.length} bytes`);
+  }
+
+  const storedSums = decodeFloat32LE(sums);
+  const storedWeights = decodeFloat64LE(weights);
   layout.halfLivesMs.forEach((halfLifeMs, h) => {
-    for (const polarity of POLARITIES) {
-      const slot = slotIndex(layout, polarity, h);
-      const bytes = fields[sumField(polarity, halfLifeMs)];
-      const weight = text(fields, weightField(polarity, halfLifeMs));
-      if (!bytes || weight === undefined) continue;
-      state.aggregates.sums.set(readFloat32(bytes, layout.dim), slot * layout.dim);
-      state.aggregates.weights[slot] = Number(weight);
-    }
+    const from = stored.indexOf(halfLifeMs);
+    if (from < 0) return;
+    POLARITIES.forEach((polarity, p) => {
+      const source = p * stored.length + from;
+      const target = slotIndex(layout, polarity, h);
+      const row = storedSums.subarray(source * layout.dim, (source + 1) * layout.dim);
+      state.aggregates.sums.set(row, target * layout.dim);
+      state.aggregates.weights[target] = storedWeights[source]!;
+    });
   });
 }
 
 function decodeDual(fields: StateFields, dim: number): UserState['dual'] {
   const bytes = fields['dual'];
   if (!bytes) return null;
+  const stats = JSON.parse(text(fields, 'dual_stats') ?? '{}') as Record<string, number>;
   return {
     vector: readFloat32(bytes, dim),
-    iterations: Number(text(fields, 'dual_iter') ?? 0),
-    relativeResidual: Number(text(fields, 'dual_residual') ?? 0),
-    terms: Number(text(fields, 'dual_terms') ?? 0),
+    iterations: stats['iterations'] ?? 0,
+    relativeResidual: stats['residual'] ?? 0,
+    terms: stats['terms'] ?? 0,
   };
 }
 

@@ -148,7 +148,7 @@ async function snapshot(redis: Redis, prefix: string, users: readonly string[]) 
     const fields = await redis.hgetallBuffer(`${prefix}u:{${user}}`);
     const sums: Record<string, string> = {};
     for (const [name, value] of Object.entries(fields))
-      if (name.startsWith('sum:') || name.startsWith('w:')) sums[name] = value.toString('hex');
+      if (name === 'sums' || name === 'weights') sums[name] = value.toString('hex');
     result.set(user, { n: fields['n']!.toString(), sums });
   }
   return result;
