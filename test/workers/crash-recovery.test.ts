@@ -53,7 +53,7 @@ function spawnWorker(env: Record<string, string>): ChildProcess {
 
 test('a worker killed with SIGKILL mid-stream and restarted applies every event exactly once', async (t) => {
   const config = testConfig({ AFFINITY_DUAL_ENABLED: 'false' });
-  await provision(t, config, 1);
+  const admin = await provision(t, config, 1);
   const items = randomCatalogue(200, DIM, 21);
   await loadCatalogueIntoRedis(config, items);
   const events = randomEvents(USERS, 100, 200, 8, Date.now());
@@ -66,7 +66,7 @@ test('a worker killed with SIGKILL mid-stream and restarted applies every event 
     AFFINITY_DUAL_ENABLED: 'false',
     AFFINITY_FETCH_MAX_BYTES_PER_PARTITION: '4096',
     // The restarted worker waits for the killed member's session to expire before it rejoins.
-    AFFINITY_KAFKA_SESSION_TIMEOUT: '3s',
+    AFFINITY_KAFKA_SESSION_TIMEOUT: '6s',
   });
   const first = spawnWorker(env);
   t.after(() => first.kill('SIGKILL'));
@@ -88,8 +88,19 @@ test('a worker killed with SIGKILL mid-stream and restarted applies every event 
     async () => (await appliedCount(redis, config, USERS)) === events.length,
     120_000,
   );
+  // SIGTERM: the worker finishes, flushes, commits and exits cleanly.
   second.kill('SIGTERM');
-  await once(second, 'exit');
+  const [exitCode] = (await once(second, 'exit')) as [number | null];
+  assert.equal(exitCode, 0, 'graceful stop exits 0');
+  const [committed] = await admin.fetchOffsets({
+    groupId: config.groupId,
+    topics: [config.eventsTopic],
+  });
+  assert.equal(
+    committed?.partitions[0]?.offset,
+    String(events.length),
+    'offsets committed on stop',
+  );
 
   const layout: AggregateLayout = { dim: DIM, halfLivesMs: config.halfLivesMs };
   const context: UpdateContext = {
