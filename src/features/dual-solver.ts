@@ -10,13 +10,14 @@
  *
  *   A~ = D + sum_h C_h e~_h e~_h^T,   D = a0 Lambda + lambda_u I,
  *
- * a diagonal plus |H| rank-one terms. Conjugate gradient preconditioned by D then works on
- * D^-1/2 A~ D^-1/2 = I + (rank |H|), whose eigenvalues other than 1 are the |H| at most
- * coming from the history, so it converges in a handful of iterations (Saad, "Iterative Methods
- * for Sparse Linear Systems", 2nd ed., algorithm 9.1; the bound on iterations for identity
- * plus low rank is his section 6.11.3). Each iteration costs O(|H| d) instead of the
+ * a diagonal plus |H| rank-one terms. Conjugate gradient preconditioned by D (Saad, "Iterative
+ * Methods for Sparse Linear Systems", 2nd ed., algorithm 9.1) then works on
+ * D^-1/2 A~ D^-1/2 = I + (rank |H|), which has at most |H| + 1 distinct eigenvalues, so in exact
+ * arithmetic it ends within |H| + 1 iterations (its Krylov spaces have no larger dimension); in
+ * practice the |H| eigenvalues above 1 sit in [1, 1 + sigma] with sigma of order 1, and 5 to 9
+ * iterations reach 1e-6 (bench/dual.ts). Each iteration costs O(|H| d) instead of the
  * O(d^2 + |H| d) of the plain path; the d x d products are left to the two ends: u = Q u~ once
- * per solve, and u~0 = Q^T u_prev when a warm start is given.
+ * per solve, and u~0 = Q^T u_prev when a warm start is used.
  *
  * Rotated embeddings are cached per item (`rotationCacheItems`), since an item's rotation costs
  * a d x d product and the same items recur across users. The residual is measured in rotated
@@ -32,6 +33,17 @@
  * `maxCorrectionRank`, `withGramian` decomposes G_next from scratch instead. Each changed
  * embedding adds at most 2 to the rank, each added or removed item at most 1.
  *
+ * Kernels. The three loops that carry the flops (the rank-one rows applied to a vector, a
+ * combination of rows, a d x d product) run in a small WebAssembly module with 128-bit SIMD,
+ * two float64 lanes, encoded at the end of this file (no toolchain: the bytes are written out
+ * opcode by opcode, WebAssembly Core Specification 2.0, chapter 5). Measured on the development
+ * machine at d = 384 they run 3 times faster than the same loops in JavaScript, which V8 does
+ * not vectorise. The JavaScript versions stay as the fallback (option `kernels`), and for the
+ * one-off products of `withGramian`. The WebAssembly loops add in a different order (two lanes,
+ * then the lanes), so results differ from the JavaScript kernels by rounding, ~1e-16 relative.
+ * To keep them free of tail cases every vector is padded with zeros to a multiple of 4
+ * entries, p = 4 ceil(d / 4), and the number of rows to a multiple of 4 with zero weights.
+ *
  * The solver is synchronous and keeps work vectors per basis: not re-entrant, which in a single
  * JavaScript thread only matters if a solve were called from inside another.
  */
@@ -46,7 +58,8 @@ import type { Gramian } from './gramian.js';
 export interface DualSolverOptions {
   /**
    * Most items whose rotated embedding is kept, a non-negative integer; 0 disables the cache.
-   * Each entry holds 8 d bytes (the rotation, float64) and a reference to the item's embedding.
+   * Each entry holds 8 p bytes (the rotation in float64, p = d rounded up to a multiple of 4)
+   * and a reference to the item's embedding.
    * Default `DEFAULT_ROTATION_CACHE_ITEMS`.
    */
   readonly rotationCacheItems?: number;
@@ -60,10 +73,16 @@ export interface DualSolverOptions {
   /**
    * When `solve` uses the warm start it is given. 'always': whenever it is usable. 'auto' (the
    * default): only when it is expected to pay. Rotating it costs 2 d^2 flops and its residual one
-   * application of A~, 4 r d flops for r rank-one rows; it saves about two iterations of 4 r d
-   * each (measured on bench/dual.ts: 1 at |H| = 10, 2 at 100, 3 at 500), so it pays when r > d/2.
+   * application of A~, 4 r d flops for r rank-one rows; it saves 0.5 to 3 iterations of 4 r d
+   * each (bench/dual.ts at d = 384: about 0.5 at |H| = 10, 1.5 at 100, 2.5 at 500). Taking 2 as
+   * typical, it pays when r > d/2.
    */
   readonly warmStart?: 'auto' | 'always';
+  /**
+   * Where the inner loops run: 'webassembly' (SIMD; the default when the runtime accepts the
+   * module, as Node 20 does) or 'javascript'.
+   */
+  readonly kernels?: 'webassembly' | 'javascript';
 }
 
 /** Default `rotationCacheItems`: 16384 items, 48 MiB of rotations at d = 384. */
@@ -93,8 +112,8 @@ export interface RotationCacheStats {
 /**
  * Solves dual vectors against one catalogue Gramian. Build one with `create` (an eigen-
  * decomposition, O(d^3)), follow catalogue versions with `withGramian`, and solve per user with
- * `solve`. Solvers derived by `withGramian` share the eigenbasis, the rotation cache and the
- * work vectors of the solver they came from.
+ * `solve`. Solvers derived by `withGramian` (unless it re-decomposes) and `withOptions` share
+ * the eigenbasis, the rotation cache and the work memory of the solver they came from.
  */
 export class DualSolver {
   private constructor(
@@ -106,14 +125,14 @@ export class DualSolver {
   ) {}
 
   /**
-   * Decomposes `gramian` (O(d^3); about 0.8 s at d = 384 and 6 s at d = 768 on one core of the
-   * development machine, see bench/dual.ts). The solver keeps its own copy of the values, and a
-   * reference to `gramian` as `solver.gramian`. Throws a RangeError on non-finite entries or
-   * invalid options.
+   * Decomposes `gramian`: O(d^3), synchronous, about 1 s at d = 384 and 6 to 10 s at d = 768
+   * on one core of the development machine (bench/dual.ts), during which the event loop is
+   * blocked. The solver keeps its own copy of the values, and a reference to `gramian` as
+   * `solver.gramian`. Throws a RangeError on non-finite entries or invalid options.
    */
   static create(gramian: Gramian, options: DualSolverOptions = {}): DualSolver {
     const resolved = resolveOptions(options);
-    const basis = SpectralBasis.decompose(gramian, resolved.rotationCacheItems);
+    const basis = SpectralBasis.decompose(gramian, resolved);
     return new DualSolver(basis, gramian, EMPTY_CORRECTION, resolved);
   }
 
@@ -130,9 +149,10 @@ export class DualSolver {
   /**
    * A solver for the catalogue Gramian `next`. Keeps this solver's eigenbasis (and its rotation
    * cache) and carries next - G_basis as a low-rank correction when its numerical rank is at most
-   * `maxCorrectionRank`, for O((r + 8) d^2) work; otherwise decomposes `next` afresh, with an
-   * empty rotation cache. Solutions agree with a solver built by `create(next)` up to a change
-   * of the system matrix of at most 3e-10 |next|_F (see `CORRECTION_RELATIVE_TOLERANCE`).
+   * `maxCorrectionRank`, for O((3 r + 8) d^2) work (7 to 130 ms for one changed item at d = 64 to
+   * 768); otherwise decomposes `next` afresh (as `create`), with an empty rotation cache. Values
+   * equal to the basis give rank 0. Solutions agree with a solver built by `create(next)` up to
+   * a change of the system matrix of at most 3e-10 |next|_F (`CORRECTION_RELATIVE_TOLERANCE`).
    */
   withGramian(next: Gramian): DualSolver {
     if (next.dim !== this.dim) {
@@ -141,6 +161,25 @@ export class DualSolver {
     const correction = gramianCorrection(this.basis, next.values, this.options.maxCorrectionRank);
     if (correction === null) return DualSolver.create(next, this.options);
     return new DualSolver(this.basis, next, correction, this.options);
+  }
+
+  /**
+   * This solver with other options, sharing the basis, the correction and the rotation cache
+   * (whose size stays as created). Other `kernels` need their own work memory: Q and Q^T are
+   * copied (O(d^2), no new decomposition) and the rotation cache starts empty.
+   */
+  withOptions(
+    options: Pick<DualSolverOptions, 'warmStart' | 'maxCorrectionRank' | 'kernels'>,
+  ): DualSolver {
+    const resolved = resolveOptions({
+      ...this.options,
+      warmStart: options.warmStart ?? this.options.warmStart,
+      maxCorrectionRank: options.maxCorrectionRank ?? this.options.maxCorrectionRank,
+      kernels: options.kernels ?? this.options.kernels,
+    });
+    const basis =
+      resolved.kernels === this.options.kernels ? this.basis : this.basis.withKernels(resolved);
+    return new DualSolver(basis, this.gramian, this.correction, resolved);
   }
 
   /**
@@ -163,9 +202,9 @@ export class DualSolver {
     const zero = { vector: new Float32Array(dim), iterations: 0, relativeResidual: 0 };
     if (history.embeddings.length === 0) return zero;
 
-    const work = this.basis.work;
     const system = this.loadSystem(history, catalogueSize, params);
     if (system.rhsNorm === 0) return zero;
+    const work = this.basis.work.views;
 
     const worthIt = this.options.warmStart === 'always' || 2 * system.rowCount > dim;
     const initialised = warmStart != null && worthIt && this.startFrom(system, warmStart);
@@ -176,8 +215,12 @@ export class DualSolver {
     const iterations = preconditionedCg(system, work, params);
     const relativeResidual = Math.sqrt(dot(work.r, work.r)) / system.rhsNorm;
 
-    matrixVectorProduct(this.basis.eigenvectorColumns, dim, work.x, work.scratch);
-    return { vector: Float32Array.from(work.scratch), iterations, relativeResidual };
+    system.kernels.matrixVectorProduct(work.eigenvectorColumns, work.x, work.scratch);
+    return {
+      vector: Float32Array.from(work.scratch.subarray(0, dim)),
+      iterations,
+      relativeResidual,
+    };
   }
 
   /**
@@ -187,6 +230,15 @@ export class DualSolver {
    */
   invalidate(itemIds: Iterable<string>): void {
     this.basis.rotations.invalidate(itemIds);
+  }
+
+  /**
+   * Accuracy of the eigenbasis, from `probes` random vectors v (seeded, O(probes d^2)): the
+   * largest |G_basis v - Q Lambda Q^T v| / (|G_basis|_F |v|) and |Q^T Q v - v| / |v|. Both
+   * are of order d eps for the symmetric QR algorithm; a diagnostic for logs and benchmarks.
+   */
+  checkBasis(probes = 4): { residual: number; orthogonality: number } {
+    return this.basis.check(probes);
   }
 
   /** Size and hit counts of the rotation cache shared by this basis. */
@@ -203,33 +255,37 @@ export class DualSolver {
     catalogueSize: number,
     params: DualParams,
   ): RotatedSystem {
-    const { dim, work, rotations } = this.basis;
+    const { rotations, eigenvalues, kernels } = this.basis;
     const { itemIds, embeddings, confidences, targets } = history;
     const historySize = embeddings.length;
     const correctionRank = params.a0 > 0 ? this.correction.rank : 0;
     const rowCount = historySize + correctionRank;
-    work.reserveRows(rowCount);
+    const paddedRows = padded(rowCount);
+    const work = this.basis.work.reserveRows(paddedRows);
+    const { rows, weights, coefficients, rhs, diagonal } = work;
+    const stride = rhs.length;
 
-    const { rows, weights, coefficients, rhs } = work;
     for (let h = 0; h < historySize; h++) {
-      rotations.rotated(itemIds[h]!, embeddings[h]!, rows, h * dim);
+      rotations.rotated(itemIds[h]!, embeddings[h]!, rows, h * stride);
       weights[h] = confidences[h]!;
       coefficients[h] = confidences[h]! * targets[h]!;
     }
-    rhs.fill(0);
-    addRowCombination(rows, historySize, coefficients, rhs);
     if (correctionRank > 0) {
-      rows.set(this.correction.rows, historySize * dim);
+      rows.set(this.correction.rows, historySize * stride);
       for (let k = 0; k < correctionRank; k++) {
         weights[historySize + k] = params.a0 * this.correction.weights[k]!;
       }
     }
+    // The rows beyond rowCount weigh nothing; coefficients past the history neither.
+    weights.fill(0, rowCount, paddedRows);
+    coefficients.fill(0, historySize, paddedRows);
+    rhs.fill(0);
+    kernels.addRowCombination(rows, paddedRows, coefficients, rhs);
 
     const lambdaUser = lambdaForUser(params, historySize, catalogueSize);
-    const { eigenvalues } = this.basis;
-    for (let k = 0; k < dim; k++) work.diagonal[k] = params.a0 * eigenvalues[k]! + lambdaUser;
+    for (let k = 0; k < stride; k++) diagonal[k] = params.a0 * eigenvalues[k]! + lambdaUser;
     inversePreconditioner(work, rowCount);
-    return { dim, rowCount, rhsNorm: Math.sqrt(dot(rhs, rhs)) };
+    return { kernels, rowCount, paddedRows, rhsNorm: Math.sqrt(dot(rhs, rhs)) };
   }
 
   /**
@@ -237,19 +293,21 @@ export class DualSolver {
    * r with b - A x. Returns false, leaving x and r unset, when the warm start is unusable.
    */
   private startFrom(system: RotatedSystem, warmStart: Float32Array): boolean {
-    const { dim } = system;
+    const dim = this.dim;
     if (warmStart.length !== dim) return false;
     for (let i = 0; i < dim; i++) if (!Number.isFinite(warmStart[i]!)) return false;
 
-    const { x, r, ap, rhs, scratch } = this.basis.work;
+    const work = this.basis.work.views;
+    const { x, r, ap, rhs, scratch } = work;
     scratch.set(warmStart);
-    matrixVectorProduct(this.basis.eigenvectorRows, dim, scratch, x);
-    applySystem(system, this.basis.work, x, ap);
+    scratch.fill(0, dim);
+    system.kernels.matrixVectorProduct(work.eigenvectorRows, scratch, x);
+    applySystem(system, work, x, ap);
     const curvature = dot(x, ap);
     if (!(curvature > 0)) return false;
 
     const factor = dot(x, rhs) / curvature;
-    for (let k = 0; k < dim; k++) {
+    for (let k = 0; k < x.length; k++) {
       x[k]! *= factor;
       r[k] = rhs[k]! - factor * ap[k]!;
     }
@@ -262,6 +320,7 @@ interface ResolvedOptions {
   readonly rotationCacheItems: number;
   readonly maxCorrectionRank: number;
   readonly warmStart: 'auto' | 'always';
+  readonly kernels: 'webassembly' | 'javascript';
 }
 
 function resolveOptions(options: DualSolverOptions): ResolvedOptions {
@@ -281,35 +340,39 @@ function resolveOptions(options: DualSolverOptions): ResolvedOptions {
   if (warmStart !== 'auto' && warmStart !== 'always') {
     throw new RangeError(`warmStart must be 'auto' or 'always', got ${String(warmStart)}`);
   }
-  return { rotationCacheItems, maxCorrectionRank, warmStart };
+  const kernels = options.kernels ?? (simdModule() !== null ? 'webassembly' : 'javascript');
+  if (kernels !== 'webassembly' && kernels !== 'javascript') {
+    throw new RangeError(`kernels must be 'webassembly' or 'javascript', got ${String(kernels)}`);
+  }
+  if (kernels === 'webassembly' && simdModule() === null) {
+    throw new RangeError("kernels 'webassembly': this runtime rejects the SIMD module");
+  }
+  return { rotationCacheItems, maxCorrectionRank, warmStart, kernels };
 }
 
 /** G_basis = Q Lambda Q^T and what every solver over it shares. */
 class SpectralBasis {
   readonly rotations: RotationCache;
-  readonly work: SolveWork;
 
   private constructor(
     readonly dim: number,
-    /** Copy of G_basis, row-major, to measure later Gramians against. */
+    /** Copy of G_basis, row-major d x d, to measure later Gramians against. */
     readonly gramianValues: Float64Array,
-    /** Lambda, clamped at 0 (see `decompose`). */
+    /** Lambda, clamped at 0 (see `decompose`), padded with zeros to length p. */
     readonly eigenvalues: Float64Array,
-    /** Q^T row-major: row k is the k-th eigenvector, so Q^T v is a product by rows. */
-    readonly eigenvectorRows: Float64Array,
-    /** Q row-major, for u = Q u~. */
-    readonly eigenvectorColumns: Float64Array,
+    /** Work memory, holding Q and Q^T. */
+    readonly work: SolveWork,
+    readonly kernels: Kernels,
     rotationCacheItems: number,
   ) {
     this.rotations = new RotationCache(this, rotationCacheItems);
-    this.work = new SolveWork(dim);
   }
 
   /**
    * Eigendecomposition of a symmetric G. G is positive semi-definite, so a negative computed
    * eigenvalue is rounding (of order d eps |G|): it is set to 0, which changes G by no more.
    */
-  static decompose(gramian: Gramian, rotationCacheItems: number): SpectralBasis {
+  static decompose(gramian: Gramian, options: ResolvedOptions): SpectralBasis {
     const { dim, values } = gramian;
     for (let k = 0; k < values.length; k++) {
       if (!Number.isFinite(values[k]!)) throw new RangeError('Gramian has a non-finite entry');
@@ -318,31 +381,83 @@ class SpectralBasis {
     const rows = Array.from({ length: dim }, (_, i) => values.subarray(i * dim, (i + 1) * dim));
     const decomposition = new EigenvalueDecomposition(new Matrix(rows), { assumeSymmetric: true });
     const vectors = decomposition.eigenvectorMatrix;
-    const eigenvalues = Float64Array.from(decomposition.realEigenvalues, (v) => Math.max(v, 0));
-    const eigenvectorRows = new Float64Array(dim * dim);
-    const eigenvectorColumns = new Float64Array(dim * dim);
+    const stride = padded(dim);
+    const eigenvalues = new Float64Array(stride);
+    decomposition.realEigenvalues.forEach((value, k) => (eigenvalues[k] = Math.max(value, 0)));
+
+    const work = new SolveWork(stride, options.kernels === 'webassembly');
+    const { eigenvectorRows, eigenvectorColumns } = work.views;
     for (let i = 0; i < dim; i++) {
       for (let k = 0; k < dim; k++) {
         const value = vectors.get(i, k);
-        eigenvectorColumns[i * dim + k] = value;
-        eigenvectorRows[k * dim + i] = value;
+        eigenvectorColumns[i * stride + k] = value;
+        eigenvectorRows[k * stride + i] = value;
       }
     }
+    const kernels = work.kernels;
     return new SpectralBasis(
       dim,
       Float64Array.from(values),
       eigenvalues,
-      eigenvectorRows,
-      eigenvectorColumns,
-      rotationCacheItems,
+      work,
+      kernels,
+      options.rotationCacheItems,
     );
   }
 
-  /** out = Q^T e, through the work's scratch vector (e converted to float64 first). */
+  /** The same decomposition over new work memory with other kernels. */
+  withKernels(options: ResolvedOptions): SpectralBasis {
+    const work = new SolveWork(this.stride, options.kernels === 'webassembly');
+    work.views.eigenvectorRows.set(this.work.views.eigenvectorRows);
+    work.views.eigenvectorColumns.set(this.work.views.eigenvectorColumns);
+    return new SpectralBasis(
+      this.dim,
+      this.gramianValues,
+      this.eigenvalues,
+      work,
+      work.kernels,
+      options.rotationCacheItems,
+    );
+  }
+
+  /** Padded length p of every rotated vector. */
+  get stride(): number {
+    return this.eigenvalues.length;
+  }
+
+  /** See `DualSolver.checkBasis`. */
+  check(probes: number): { residual: number; orthogonality: number } {
+    const { dim, stride, gramianValues, eigenvalues } = this;
+    const { eigenvectorRows, eigenvectorColumns } = this.work.views;
+    const random = mulberry32(RANGE_SEED);
+    const frobenius = Math.sqrt(dot(gramianValues, gramianValues));
+    const v = new Float64Array(stride);
+    const rotated = new Float64Array(stride);
+    const back = new Float64Array(stride);
+    const direct = new Float64Array(dim);
+    let residual = 0;
+    let orthogonality = 0;
+
+    for (let probe = 0; probe < probes; probe++) {
+      for (let i = 0; i < dim; i++) v[i] = gaussian(random);
+      const norm = Math.sqrt(dot(v, v));
+      matrixVectorProduct(eigenvectorRows, stride, v, rotated);
+      matrixVectorProduct(eigenvectorColumns, stride, rotated, back);
+      orthogonality = Math.max(orthogonality, distance(back, v, dim) / norm);
+      for (let k = 0; k < stride; k++) rotated[k]! *= eigenvalues[k]!;
+      matrixVectorProduct(eigenvectorColumns, stride, rotated, back);
+      matrixVectorProduct(gramianValues, dim, v.subarray(0, dim), direct);
+      residual = Math.max(residual, distance(back, direct, dim) / (frobenius * norm));
+    }
+    return { residual, orthogonality };
+  }
+
+  /** out (length p) = Q^T e, through the work's scratch vector (e in float64, zero-padded). */
   rotate(embedding: Float32Array, out: Float64Array): void {
-    const scratch = this.work.scratch;
+    const { scratch, eigenvectorRows } = this.work.views;
     scratch.set(embedding);
-    matrixVectorProduct(this.eigenvectorRows, this.dim, scratch, out);
+    scratch.fill(0, embedding.length);
+    this.kernels.matrixVectorProduct(eigenvectorRows, scratch, out);
   }
 }
 
@@ -386,7 +501,7 @@ class RotationCache {
     }
 
     this.misses++;
-    const row = out.subarray(offset, offset + embedding.length);
+    const row = out.subarray(offset, offset + this.basis.stride);
     this.basis.rotate(embedding, row);
     if (this.capacity === 0) return;
     this.makeRoom();
@@ -415,10 +530,10 @@ class RotationCache {
   }
 }
 
-/** G_target - G_basis = V S V^T in rotated coordinates: `rank` rows of d, and S. */
+/** G_target - G_basis = V S V^T in rotated coordinates: `rank` rows of p, and S. */
 interface GramianCorrection {
   readonly rank: number;
-  /** Row-major rank x d: row k is Q^T v_k, v_k orthonormal. */
+  /** Row-major rank x p: row k is Q^T v_k, v_k orthonormal, zero-padded. */
   readonly rows: Float64Array;
   readonly weights: Float64Array;
 }
@@ -533,18 +648,17 @@ function compressedCorrection(
   small.realEigenvalues.forEach((value, m) => {
     if (Math.abs(value) > probeThreshold) kept.push(m);
   });
-  const rows = new Float64Array(kept.length * dim);
-  const direction = new Float64Array(dim);
+  const { stride } = basis;
+  const rotation = basis.work.views.eigenvectorRows;
+  const rows = new Float64Array(kept.length * stride);
+  const direction = new Float64Array(stride);
   kept.forEach((m, k) => {
     direction.fill(0);
-    for (let j = 0; j < rank; j++)
+    for (let j = 0; j < rank; j++) {
       addScaled(small.eigenvectorMatrix.get(j, m), columns[j]!, direction);
-    matrixVectorProduct(
-      basis.eigenvectorRows,
-      dim,
-      direction,
-      rows.subarray(k * dim, (k + 1) * dim),
-    );
+    }
+    const row = rows.subarray(k * stride, (k + 1) * stride);
+    matrixVectorProduct(rotation, stride, direction, row);
   });
   const weights = Float64Array.from(kept, (m) => small.realEigenvalues[m]!);
   return { rank: kept.length, rows, weights };
@@ -552,14 +666,20 @@ function compressedCorrection(
 
 /** Shape of the rotated system loaded into the work vectors. */
 interface RotatedSystem {
-  readonly dim: number;
+  readonly kernels: Kernels;
   /** Rank-one rows in `work.rows`: the history, then the correction. */
   readonly rowCount: number;
+  /** rowCount rounded up to a multiple of 4; the rows past rowCount weigh 0. */
+  readonly paddedRows: number;
   readonly rhsNorm: number;
 }
 
-/** Work vectors of a basis, allocated once and grown for longer histories. */
-class SolveWork {
+/** The work vectors of a basis, as views on its memory; every vector has length p. */
+interface WorkViews {
+  /** Q^T row-major, p x p: row k is the k-th eigenvector, zero-padded. */
+  readonly eigenvectorRows: Float64Array;
+  /** Q row-major, p x p, for u = Q u~. */
+  readonly eigenvectorColumns: Float64Array;
   readonly x: Float64Array;
   readonly r: Float64Array;
   readonly z: Float64Array;
@@ -570,37 +690,106 @@ class SolveWork {
   readonly diagonal: Float64Array;
   /** The preconditioner's inverse, entry by entry. */
   readonly inverse: Float64Array;
-  /** A float64 copy of a float32 vector, or the result of Q u~ before it becomes float32. */
+  /** A float64 copy of a float32 vector, or u = Q u~ before it becomes float32. */
   readonly scratch: Float64Array;
-  /** Row-major rotated rows, contiguous: one typed array serves the kernel faster than many. */
-  rows: Float64Array;
+  /** Row-major rotated rows, `capacity` x p, contiguous for the kernels. */
+  readonly rows: Float64Array;
   /** Weight of each row in A~: C_h, then a0 s_k. */
-  weights: Float64Array;
+  readonly weights: Float64Array;
   /** Weight of each history row in b~: C_h ybar_h. */
-  coefficients: Float64Array;
+  readonly coefficients: Float64Array;
+}
 
-  constructor(private readonly dim: number) {
-    this.x = new Float64Array(dim);
-    this.r = new Float64Array(dim);
-    this.z = new Float64Array(dim);
-    this.p = new Float64Array(dim);
-    this.ap = new Float64Array(dim);
-    this.rhs = new Float64Array(dim);
-    this.diagonal = new Float64Array(dim);
-    this.inverse = new Float64Array(dim);
-    this.scratch = new Float64Array(dim);
-    this.rows = new Float64Array(0);
-    this.weights = new Float64Array(0);
-    this.coefficients = new Float64Array(0);
+/** Vectors of length p in `WorkViews`, in their order in memory after Q^T and Q. */
+const WORK_VECTORS = 9;
+
+/**
+ * The memory of a basis: Q^T, Q, the work vectors, then the rows, which grow with the longest
+ * history seen (capacity doubling). With WebAssembly kernels it is the module's linear memory,
+ * whose growth keeps the contents but detaches every view, so callers take `views` afresh
+ * after `reserveRows` and hold them only within one operation.
+ */
+class SolveWork {
+  readonly kernels: Kernels;
+  private readonly memory: WasmMemory | null;
+  private buffer: ArrayBuffer;
+  private capacity = 0;
+  private current: WorkViews;
+
+  constructor(
+    private readonly stride: number,
+    webassembly: boolean,
+  ) {
+    const bytes = this.bytesFor(0);
+    if (webassembly) {
+      this.memory = new wasm.Memory({ initial: Math.ceil(bytes / WASM_PAGE_BYTES) });
+      this.buffer = this.memory.buffer;
+      this.kernels = simdKernels(this.memory);
+    } else {
+      this.memory = null;
+      this.buffer = new ArrayBuffer(bytes);
+      this.kernels = JAVASCRIPT_KERNELS;
+    }
+    this.current = this.layout();
   }
 
-  reserveRows(count: number): void {
-    if (this.weights.length >= count) return;
-    const capacity = Math.max(count, 2 * this.weights.length, 16);
-    this.rows = new Float64Array(capacity * this.dim);
-    this.weights = new Float64Array(capacity);
-    this.coefficients = new Float64Array(capacity);
+  get views(): WorkViews {
+    return this.current;
   }
+
+  /** Room for `count` rows (a multiple of 4); returns the views, new if memory moved. */
+  reserveRows(count: number): WorkViews {
+    if (count <= this.capacity) return this.current;
+    this.capacity = Math.max(count, 2 * this.capacity, 16);
+    const bytes = this.bytesFor(this.capacity);
+    if (this.memory !== null) {
+      const pages = Math.ceil((bytes - this.buffer.byteLength) / WASM_PAGE_BYTES);
+      if (pages > 0) this.memory.grow(pages);
+      this.buffer = this.memory.buffer;
+    } else if (bytes > this.buffer.byteLength) {
+      const larger = new ArrayBuffer(bytes);
+      new Uint8Array(larger).set(new Uint8Array(this.buffer));
+      this.buffer = larger;
+    }
+    this.current = this.layout();
+    return this.current;
+  }
+
+  private bytesFor(capacity: number): number {
+    const p = this.stride;
+    return 8 * (2 * p * p + WORK_VECTORS * p + capacity * (p + 2));
+  }
+
+  private layout(): WorkViews {
+    const p = this.stride;
+    let offset = 0;
+    const take = (length: number): Float64Array => {
+      const view = new Float64Array(this.buffer, 8 * offset, length);
+      offset += length;
+      return view;
+    };
+    return {
+      eigenvectorRows: take(p * p),
+      eigenvectorColumns: take(p * p),
+      x: take(p),
+      r: take(p),
+      z: take(p),
+      p: take(p),
+      ap: take(p),
+      rhs: take(p),
+      diagonal: take(p),
+      inverse: take(p),
+      scratch: take(p),
+      rows: take(this.capacity * p),
+      weights: take(this.capacity),
+      coefficients: take(this.capacity),
+    };
+  }
+}
+
+/** p: d rounded up to a multiple of 4, so the SIMD loops need no tails. */
+function padded(count: number): number {
+  return 4 * Math.ceil(count / 4);
 }
 
 /**
@@ -608,25 +797,25 @@ class SolveWork {
  * and a direction the catalogue does not span), M_k is A~_kk itself, Jacobi's choice; where
  * that is 0 too, no row touches the direction, its residual stays 0, and M_k = 1 is harmless.
  */
-function inversePreconditioner(work: SolveWork, rowCount: number): void {
+function inversePreconditioner(work: WorkViews, rowCount: number): void {
   const { diagonal, inverse, rows, weights } = work;
-  const dim = diagonal.length;
+  const stride = diagonal.length;
   let largest = 0;
-  for (let k = 0; k < dim; k++) largest = Math.max(largest, diagonal[k]!);
+  for (let k = 0; k < stride; k++) largest = Math.max(largest, diagonal[k]!);
   const floor = 1e-12 * largest;
 
   let degenerate = false;
-  for (let k = 0; k < dim; k++) {
+  for (let k = 0; k < stride; k++) {
     const value = diagonal[k]!;
     if (value > floor) inverse[k] = 1 / value;
     else degenerate = true;
   }
   if (!degenerate) return;
 
-  for (let k = 0; k < dim; k++) {
+  for (let k = 0; k < stride; k++) {
     if (diagonal[k]! > floor) continue;
     let jacobi = diagonal[k]!;
-    for (let h = 0; h < rowCount; h++) jacobi += weights[h]! * rows[h * dim + k]! ** 2;
+    for (let h = 0; h < rowCount; h++) jacobi += weights[h]! * rows[h * stride + k]! ** 2;
     inverse[k] = jacobi > 0 ? 1 / jacobi : 1;
   }
 }
@@ -635,13 +824,13 @@ function inversePreconditioner(work: SolveWork, rowCount: number): void {
  * Preconditioned CG from the x and r in `work` (Saad, algorithm 9.1), stopping on the
  * recurrence residual |r| <= tolerance |b|. Returns the iterations; x holds u~, r its residual.
  */
-function preconditionedCg(system: RotatedSystem, work: SolveWork, params: DualParams): number {
+function preconditionedCg(system: RotatedSystem, work: WorkViews, params: DualParams): number {
   const { x, r, z, p, ap, inverse } = work;
-  const { dim } = system;
+  const stride = x.length;
   const threshold = params.tolerance * system.rhsNorm;
   if (Math.sqrt(dot(r, r)) <= threshold) return 0;
 
-  for (let k = 0; k < dim; k++) z[k] = inverse[k]! * r[k]!;
+  for (let k = 0; k < stride; k++) z[k] = inverse[k]! * r[k]!;
   p.set(z);
   let rz = dot(r, z);
 
@@ -653,7 +842,7 @@ function preconditionedCg(system: RotatedSystem, work: SolveWork, params: DualPa
     if (!(curvature > 0)) break;
     const step = rz / curvature;
     let residualSquared = 0;
-    for (let k = 0; k < dim; k++) {
+    for (let k = 0; k < stride; k++) {
       x[k]! += step * p[k]!;
       const rk = r[k]! - step * ap[k]!;
       r[k] = rk;
@@ -663,14 +852,14 @@ function preconditionedCg(system: RotatedSystem, work: SolveWork, params: DualPa
     if (Math.sqrt(residualSquared) <= threshold) break;
 
     let rzNext = 0;
-    for (let k = 0; k < dim; k++) {
+    for (let k = 0; k < stride; k++) {
       const zk = inverse[k]! * r[k]!;
       z[k] = zk;
       rzNext += r[k]! * zk;
     }
     const beta = rzNext / rz;
     rz = rzNext;
-    for (let k = 0; k < dim; k++) p[k] = z[k]! + beta * p[k]!;
+    for (let k = 0; k < stride; k++) p[k] = z[k]! + beta * p[k]!;
   }
   return iterations;
 }
@@ -678,14 +867,45 @@ function preconditionedCg(system: RotatedSystem, work: SolveWork, params: DualPa
 /** out = A~ v = D v + sum_rows w_h row_h (row_h·v). */
 function applySystem(
   system: RotatedSystem,
-  work: SolveWork,
+  work: WorkViews,
   v: Float64Array,
   out: Float64Array,
 ): void {
   const { diagonal, rows, weights } = work;
-  for (let k = 0; k < system.dim; k++) out[k] = diagonal[k]! * v[k]!;
-  addLowRankProduct(rows, system.rowCount, weights, v, out);
+  for (let k = 0; k < v.length; k++) out[k] = diagonal[k]! * v[k]!;
+  system.kernels.addLowRankProduct(rows, system.paddedRows, weights, v, out);
 }
+
+/**
+ * The loops that carry the flops. Vectors have length p and matrices p columns, p a multiple
+ * of 4; row counts are multiples of 4. The WebAssembly kernels also require every array to be
+ * a view on their memory.
+ */
+interface Kernels {
+  /** out += sum_h w_h row_h (row_h·v) over `count` rows of length v.length. */
+  addLowRankProduct(
+    rows: Float64Array,
+    count: number,
+    weights: Float64Array,
+    v: Float64Array,
+    out: Float64Array,
+  ): void;
+  /** out += sum_h c_h row_h over `count` rows of length out.length. */
+  addRowCombination(
+    rows: Float64Array,
+    count: number,
+    coefficients: Float64Array,
+    out: Float64Array,
+  ): void;
+  /** out = M v for M with out.length rows of v.length entries, row-major. */
+  matrixVectorProduct(m: Float64Array, v: Float64Array, out: Float64Array): void;
+}
+
+const JAVASCRIPT_KERNELS: Kernels = {
+  addLowRankProduct,
+  addRowCombination,
+  matrixVectorProduct: (m, v, out) => matrixVectorProduct(m, v.length, v, out),
+};
 
 /**
  * out += sum_h w_h row_h (row_h·v) for `count` contiguous rows of length v.length. Rows go four
@@ -834,6 +1054,13 @@ function addScaled(alpha: number, v: Float64Array, out: Float64Array): void {
   for (let j = 0; j < v.length; j++) out[j]! += alpha * v[j]!;
 }
 
+/** |a - b| over the first `length` entries. */
+function distance(a: Float64Array, b: Float64Array, length: number): number {
+  let sum = 0;
+  for (let i = 0; i < length; i++) sum += (a[i]! - b[i]!) ** 2;
+  return Math.sqrt(sum);
+}
+
 function dot(a: Float64Array, b: Float64Array): number {
   let sum = 0;
   for (let i = 0; i < a.length; i++) sum += a[i]! * b[i]!;
@@ -860,4 +1087,443 @@ function mulberry32(seed: number): () => number {
 /** Standard normal by the Box-Muller transform. */
 function gaussian(random: () => number): number {
   return Math.sqrt(-2 * Math.log(1 - random())) * Math.cos(2 * Math.PI * random());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The SIMD kernels: a WebAssembly module written out byte by byte.
+//
+// Each kernel mirrors its JavaScript twin above, two float64 lanes at a time (v128 values,
+// f64x2 arithmetic). Addresses are byte offsets into the memory the module imports as
+// env.memory. Encoding per the WebAssembly Core Specification 2.0: sections in chapter 5.5,
+// instructions in 5.4 (SIMD in 5.4.8), integers as LEB128 (5.2.2).
+
+/**
+ * The part of the WebAssembly JavaScript API used here. The project's type libraries (ES2023,
+ * @types/node 20) do not declare the global, so it is typed locally.
+ */
+interface WasmMemory {
+  readonly buffer: ArrayBuffer;
+  grow(pages: number): number;
+}
+type WasmModule = object;
+interface WasmApi {
+  readonly Memory: new (descriptor: { initial: number }) => WasmMemory;
+  readonly Module: new (bytes: Uint8Array) => WasmModule;
+  readonly Instance: new (module: WasmModule, imports: object) => { readonly exports: object };
+  validate(bytes: Uint8Array): boolean;
+}
+const wasm = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
+
+/** Bytes in one page of WebAssembly memory. */
+const WASM_PAGE_BYTES = 65_536;
+
+/** Opcodes (one byte each) and SIMD sub-opcodes (after the 0xfd prefix) used below. */
+const OP = {
+  block: 0x02,
+  loop: 0x03,
+  end: 0x0b,
+  br: 0x0c,
+  brIf: 0x0d,
+  localGet: 0x20,
+  localSet: 0x21,
+  f64Load: 0x2b,
+  f64Store: 0x39,
+  i32Const: 0x41,
+  i32GeS: 0x4e,
+  i32Add: 0x6a,
+  i32Mul: 0x6c,
+  i32Shl: 0x74,
+  f64Add: 0xa0,
+  f64Mul: 0xa2,
+  simdPrefix: 0xfd,
+  v128Load: 0,
+  v128Store: 11,
+  v128Const: 12,
+  f64x2Splat: 20,
+  f64x2ExtractLane: 33,
+  f64x2Add: 240,
+  f64x2Mul: 242,
+} as const;
+
+const I32 = 0x7f;
+const V128 = 0x7b;
+/** Block type of a block or loop that yields nothing. */
+const EMPTY_BLOCK = 0x40;
+
+type Code = number[];
+
+function unsignedLeb128(value: number): Code {
+  const bytes: Code = [];
+  do {
+    const low = value & 0x7f;
+    value >>>= 7;
+    bytes.push(value === 0 ? low : low | 0x80);
+  } while (value !== 0);
+  return bytes;
+}
+
+function signedLeb128(value: number): Code {
+  const bytes: Code = [];
+  for (;;) {
+    const low = value & 0x7f;
+    value >>= 7;
+    const done = (value === 0 && (low & 0x40) === 0) || (value === -1 && (low & 0x40) !== 0);
+    bytes.push(done ? low : low | 0x80);
+    if (done) return bytes;
+  }
+}
+
+const get = (local: number): Code => [OP.localGet, ...unsignedLeb128(local)];
+const set = (local: number): Code => [OP.localSet, ...unsignedLeb128(local)];
+const i32 = (value: number): Code => [OP.i32Const, ...signedLeb128(value)];
+const simd = (op: number, ...immediates: number[]): Code => [
+  OP.simdPrefix,
+  ...unsignedLeb128(op),
+  ...immediates,
+];
+/** v128.load / v128.store with 16-byte alignment hint and offset 0. */
+const load128 = simd(OP.v128Load, 4, 0);
+const store128 = simd(OP.v128Store, 4, 0);
+const zero128 = simd(OP.v128Const, ...new Array<number>(16).fill(0));
+const add2 = simd(OP.f64x2Add);
+const mul2 = simd(OP.f64x2Mul);
+/** (a + b) for the two lanes of the v128 in `local`, as an f64. */
+const laneSum = (local: number): Code => [
+  ...get(local),
+  ...simd(OP.f64x2ExtractLane, 0),
+  ...get(local),
+  ...simd(OP.f64x2ExtractLane, 1),
+  OP.f64Add,
+];
+/** f64.load at address (base + 8 index + 8 extra): pushes base + (index << 3), then loads. */
+const loadF64 = (base: number, index: number, extra: number): Code => [
+  ...get(base),
+  ...get(index),
+  ...i32(3),
+  OP.i32Shl,
+  OP.i32Add,
+  OP.f64Load,
+  3,
+  ...unsignedLeb128(8 * extra),
+];
+
+/** for (counter = 0; counter < limit; counter += step) { body }, on i32 locals. */
+function forLoop(counter: number, limit: number, step: number, body: Code): Code {
+  return [
+    ...i32(0),
+    ...set(counter),
+    OP.block,
+    EMPTY_BLOCK,
+    OP.loop,
+    EMPTY_BLOCK,
+    ...get(counter),
+    ...get(limit),
+    OP.i32GeS,
+    OP.brIf,
+    1,
+    ...body,
+    ...get(counter),
+    ...i32(step),
+    OP.i32Add,
+    ...set(counter),
+    OP.br,
+    0,
+    OP.end,
+    OP.end,
+  ];
+}
+
+/** base_k = start + k * rowBytes for the four row addresses of a block. */
+function fourRows(start: Code, rowBytes: number, bases: readonly number[]): Code {
+  return [
+    ...start,
+    ...set(bases[0]!),
+    ...bases
+      .slice(1)
+      .flatMap((base, k) => [...get(bases[k]!), ...get(rowBytes), OP.i32Add, ...set(base)]),
+  ];
+}
+
+interface KernelFunction {
+  readonly name: string;
+  readonly parameters: number;
+  /** Types of the locals after the parameters (all parameters are i32). */
+  readonly locals: readonly number[];
+  readonly body: Code;
+}
+
+/**
+ * addLowRank(rows, count, weights, v, out, stride): four rows at a time, s_k = row_k·v in two
+ * lanes, then out += sum_k (w_k s_k) row_k; `count` a multiple of 4, `stride` of 2.
+ */
+function lowRankKernel(): KernelFunction {
+  const [rows, count, weights, v, out, stride] = [0, 1, 2, 3, 4, 5];
+  const [h, j, rowBytes, r0, r1, r2, r3] = [6, 7, 8, 9, 10, 11, 12];
+  const sums = [13, 14, 15, 16];
+  const vj = 17;
+  const scaled = [18, 19, 20, 21];
+  const bases = [r0, r1, r2, r3];
+
+  const dotStep: Code = [
+    ...get(v),
+    ...get(j),
+    OP.i32Add,
+    ...load128,
+    ...set(vj),
+    ...bases.flatMap((base, k) => [
+      ...get(sums[k]!),
+      ...get(base),
+      ...get(j),
+      OP.i32Add,
+      ...load128,
+      ...get(vj),
+      ...mul2,
+      ...add2,
+      ...set(sums[k]!),
+    ]),
+  ];
+  const axpyStep: Code = [
+    ...get(out),
+    ...get(j),
+    OP.i32Add,
+    ...get(out),
+    ...get(j),
+    OP.i32Add,
+    ...load128,
+    ...bases.flatMap((base, k) => [
+      ...get(scaled[k]!),
+      ...get(base),
+      ...get(j),
+      OP.i32Add,
+      ...load128,
+      ...mul2,
+      ...add2,
+    ]),
+    ...store128,
+  ];
+  const block: Code = [
+    ...fourRows([...get(rows), ...get(h), ...get(rowBytes), OP.i32Mul, OP.i32Add], rowBytes, bases),
+    ...sums.flatMap((sum) => [...zero128, ...set(sum)]),
+    ...forLoop(j, rowBytes, 16, dotStep),
+    ...sums.flatMap((sum, k) => [
+      ...loadF64(weights, h, k),
+      ...laneSum(sum),
+      OP.f64Mul,
+      ...simd(OP.f64x2Splat),
+      ...set(scaled[k]!),
+    ]),
+    ...forLoop(j, rowBytes, 16, axpyStep),
+  ];
+  return {
+    name: 'addLowRank',
+    parameters: 6,
+    locals: [I32, I32, I32, I32, I32, I32, I32, ...new Array<number>(9).fill(V128)],
+    body: [...get(stride), ...i32(3), OP.i32Shl, ...set(rowBytes), ...forLoop(h, count, 4, block)],
+  };
+}
+
+/** addRowCombination(rows, count, coefficients, out, stride): out += sum_h c_h row_h. */
+function rowCombinationKernel(): KernelFunction {
+  const [rows, count, coefficients, out, stride] = [0, 1, 2, 3, 4];
+  const [h, j, rowBytes, r0, r1, r2, r3] = [5, 6, 7, 8, 9, 10, 11];
+  const scaled = [12, 13, 14, 15];
+  const bases = [r0, r1, r2, r3];
+
+  const axpyStep: Code = [
+    ...get(out),
+    ...get(j),
+    OP.i32Add,
+    ...get(out),
+    ...get(j),
+    OP.i32Add,
+    ...load128,
+    ...bases.flatMap((base, k) => [
+      ...get(scaled[k]!),
+      ...get(base),
+      ...get(j),
+      OP.i32Add,
+      ...load128,
+      ...mul2,
+      ...add2,
+    ]),
+    ...store128,
+  ];
+  const block: Code = [
+    ...fourRows([...get(rows), ...get(h), ...get(rowBytes), OP.i32Mul, OP.i32Add], rowBytes, bases),
+    ...scaled.flatMap((local, k) => [
+      ...loadF64(coefficients, h, k),
+      ...simd(OP.f64x2Splat),
+      ...set(local),
+    ]),
+    ...forLoop(j, rowBytes, 16, axpyStep),
+  ];
+  return {
+    name: 'addRowCombination',
+    parameters: 5,
+    locals: [I32, I32, I32, I32, I32, I32, I32, V128, V128, V128, V128],
+    body: [...get(stride), ...i32(3), OP.i32Shl, ...set(rowBytes), ...forLoop(h, count, 4, block)],
+  };
+}
+
+/**
+ * matrixVectorProduct(m, rowCount, v, out, stride): out_i = (row i of m)·v, four rows at a
+ * time, each in two lanes; `rowCount` a multiple of 4, `stride` of 2.
+ */
+function matrixVectorKernel(): KernelFunction {
+  const [m, rowCount, v, out, stride] = [0, 1, 2, 3, 4];
+  const [i, j, rowBytes, r0, r1, r2, r3] = [5, 6, 7, 8, 9, 10, 11];
+  const sums = [12, 13, 14, 15];
+  const vj = 16;
+  const bases = [r0, r1, r2, r3];
+
+  const dotStep: Code = [
+    ...get(v),
+    ...get(j),
+    OP.i32Add,
+    ...load128,
+    ...set(vj),
+    ...bases.flatMap((base, k) => [
+      ...get(sums[k]!),
+      ...get(base),
+      ...get(j),
+      OP.i32Add,
+      ...load128,
+      ...get(vj),
+      ...mul2,
+      ...add2,
+      ...set(sums[k]!),
+    ]),
+  ];
+  const storeSum = (k: number): Code => [
+    ...get(out),
+    ...get(i),
+    ...i32(3),
+    OP.i32Shl,
+    OP.i32Add,
+    ...laneSum(sums[k]!),
+    OP.f64Store,
+    3,
+    ...unsignedLeb128(8 * k),
+  ];
+  const block: Code = [
+    ...fourRows([...get(m), ...get(i), ...get(rowBytes), OP.i32Mul, OP.i32Add], rowBytes, bases),
+    ...sums.flatMap((sum) => [...zero128, ...set(sum)]),
+    ...forLoop(j, rowBytes, 16, dotStep),
+    ...[0, 1, 2, 3].flatMap(storeSum),
+  ];
+  return {
+    name: 'matrixVectorProduct',
+    parameters: 5,
+    locals: [I32, I32, I32, I32, I32, I32, I32, V128, V128, V128, V128, V128],
+    body: [
+      ...get(stride),
+      ...i32(3),
+      OP.i32Shl,
+      ...set(rowBytes),
+      ...forLoop(i, rowCount, 4, block),
+    ],
+  };
+}
+
+/** A module importing env.memory and exporting `functions`, all of i32 parameters only. */
+function encodeModule(functions: readonly KernelFunction[]): Uint8Array {
+  const vector = (items: readonly Code[]): Code => [
+    ...unsignedLeb128(items.length),
+    ...items.flat(),
+  ];
+  // Names here are ASCII, one byte per character in UTF-8.
+  const name = (text: string): Code => vector([...text].map((c) => [c.charCodeAt(0)]));
+  const section = (id: number, content: Code): Code => [
+    id,
+    ...unsignedLeb128(content.length),
+    ...content,
+  ];
+  const FUNCTION_TYPE = 0x60;
+  const MEMORY_IMPORT = 0x02;
+  const FUNCTION_EXPORT = 0x00;
+
+  const types = functions.map((f) => [
+    FUNCTION_TYPE,
+    ...vector(new Array<Code>(f.parameters).fill([I32])),
+    0,
+  ]);
+  const bodies = functions.map((f) => {
+    const code = [...vector(f.locals.map((type) => [1, type])), ...f.body, OP.end];
+    return [...unsignedLeb128(code.length), ...code];
+  });
+  return Uint8Array.from([
+    ...[0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00],
+    ...section(1, vector(types)),
+    ...section(2, vector([[...name('env'), ...name('memory'), MEMORY_IMPORT, 0x00, 1]])),
+    ...section(3, vector(functions.map((_, k) => unsignedLeb128(k)))),
+    ...section(
+      7,
+      vector(functions.map((f, k) => [...name(f.name), FUNCTION_EXPORT, ...unsignedLeb128(k)])),
+    ),
+    ...section(10, vector(bodies)),
+  ]);
+}
+
+/** The compiled kernels, or null where the runtime rejects them (no SIMD); built on first use. */
+let compiledKernels: WasmModule | null | undefined;
+
+function simdModule(): WasmModule | null {
+  if (compiledKernels !== undefined) return compiledKernels;
+  const bytes = encodeModule([lowRankKernel(), rowCombinationKernel(), matrixVectorKernel()]);
+  compiledKernels = wasm.validate(bytes) ? new wasm.Module(bytes) : null;
+  return compiledKernels;
+}
+
+interface SimdExports {
+  addLowRank(
+    rows: number,
+    count: number,
+    weights: number,
+    v: number,
+    out: number,
+    stride: number,
+  ): void;
+  addRowCombination(
+    rows: number,
+    count: number,
+    coefficients: number,
+    out: number,
+    stride: number,
+  ): void;
+  matrixVectorProduct(m: number, rowCount: number, v: number, out: number, stride: number): void;
+}
+
+/** The SIMD kernels bound to `memory`; the arrays passed must be views on it. */
+function simdKernels(memory: WasmMemory): Kernels {
+  const compiled = simdModule();
+  if (compiled === null) throw new RangeError('this runtime rejects the SIMD module');
+  const instance = new wasm.Instance(compiled, { env: { memory } });
+  const exported = instance.exports as unknown as SimdExports;
+  return {
+    addLowRankProduct: (rows, count, weights, v, out) =>
+      exported.addLowRank(
+        rows.byteOffset,
+        count,
+        weights.byteOffset,
+        v.byteOffset,
+        out.byteOffset,
+        v.length,
+      ),
+    addRowCombination: (rows, count, coefficients, out) =>
+      exported.addRowCombination(
+        rows.byteOffset,
+        count,
+        coefficients.byteOffset,
+        out.byteOffset,
+        out.length,
+      ),
+    matrixVectorProduct: (m, v, out) =>
+      exported.matrixVectorProduct(
+        m.byteOffset,
+        out.length,
+        v.byteOffset,
+        out.byteOffset,
+        v.length,
+      ),
+  };
 }

@@ -19,12 +19,15 @@
  * sum_k c_k y_k^2 - C ybar^2. Items whose confidences sum to zero contribute nothing and are
  * left out, also from |H|.
  *
- * Two solvers share that definition. `solveDualCg` is the serving path: conjugate gradient
- * (Hestenes and Stiefel 1952; Saad, "Iterative Methods for Sparse Linear Systems", 2nd ed.,
- * algorithm 9.1 for the preconditioned form) that never forms the d x d matrix, applying the
- * shared G with one matrix-vector product and the history as |H| rank-one terms, O(d^2 + |H| d)
- * per iteration. `solveDualExact` forms the matrix and factors it with ml-matrix's Cholesky
- * decomposition, O(|H| d^2 + d^3), as the reference the iterative path is tested against.
+ * Two solvers here share that definition. `solveDualCg` is the plain iterative path: conjugate
+ * gradient (Hestenes and Stiefel 1952; Saad, "Iterative Methods for Sparse Linear Systems", 2nd
+ * ed., algorithm 9.1 for the preconditioned form) that never forms the d x d matrix, applying
+ * the shared G with one matrix-vector product and the history as |H| rank-one terms,
+ * O(d^2 + |H| d) per iteration. `solveDualExact` forms the matrix and factors it with
+ * ml-matrix's Cholesky decomposition, O(|H| d^2 + d^3), as the reference the iterative paths
+ * are tested against. The serving path is `DualSolver` (dual-solver.ts): the same system in
+ * the eigenbasis of G, O(|H| d) per iteration, 10 to 25 times faster than `solveDualCg`
+ * (bench/dual.ts).
  *
  * Everything is computed in float64; the vectors returned are float32.
  */

@@ -26,7 +26,7 @@ export interface DualTermsContext {
 /**
  * `refreshDual`'s context. `solver` is the serving path: a DualSolver for the current catalogue
  * Gramian, whose `count` is the catalogue size |I|. The `gramian` form runs the plain CG of
- * dual.ts, 5 to 10 times slower; it remains only until StateBuffer.solveDuals passes a solver.
+ * dual.ts, 10 to 25 times slower; it remains only until StateBuffer.solveDuals passes a solver.
  */
 export type DualContext = DualTermsContext &
   ({ readonly solver: DualSolver } | { readonly gramian: Gramian; readonly solver?: undefined });

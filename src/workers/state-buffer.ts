@@ -25,6 +25,8 @@ import type { Logger } from '../ops/logger.js';
 import type { WorkerMetrics } from '../ops/metrics.js';
 import type { StateFields } from '../state/codec.js';
 import { decodeUserState } from '../state/codec.js';
+import { DualSolver } from '../features/dual-solver.js';
+import type { Gramian } from '../features/gramian.js';
 import { refreshDual } from '../state/dual-step.js';
 import type { UserStateStore } from '../state/store.js';
 import type { ApplyResult, SequencedEvent, UpdateContext, UserState } from '../state/user-state.js';
@@ -51,6 +53,8 @@ export class StateBuffer {
   private dirtyUsers = 0;
   private lastFlushMs = performance.now();
   private layoutDim = -1;
+  /** Method 2's solver for the current catalogue Gramian (its eigenbasis is costly to build). */
+  private dualSolver: DualSolver | null = null;
 
   constructor(
     private readonly config: Config,
@@ -194,7 +198,7 @@ export class StateBuffer {
     const context = {
       params: this.config.dual,
       halfLifeMs: this.config.dual.halfLifeMs,
-      gramian,
+      solver: this.solverFor(gramian),
       signals: this.config.signals,
       embedding: (item: string) => embeddings.get(item),
     };
@@ -206,6 +210,26 @@ export class StateBuffer {
       this.metrics.dualIterations.observe(solution.iterations);
       this.metrics.dualResidual.observe(solution.relativeResidual);
     }
+  }
+
+  /**
+   * The solver follows the cache's Gramian, which is a new object only when the catalogue
+   * changed: small changes ride on the old eigenbasis as low-rank corrections, large ones
+   * re-decompose (about a second at d = 384; it blocks this worker meanwhile).
+   */
+  private solverFor(gramian: Gramian): DualSolver {
+    if (this.dualSolver?.gramian === gramian) return this.dualSolver;
+    const started = performance.now();
+    const previous = this.dualSolver;
+    this.dualSolver =
+      previous?.dim === gramian.dim ? previous.withGramian(gramian) : DualSolver.create(gramian);
+    const elapsedMs = Math.round(performance.now() - started);
+    const correctionRank = this.dualSolver.correctionRank;
+    this.logger.info(
+      { dim: gramian.dim, correctionRank, elapsedMs },
+      'dual solver follows the catalogue',
+    );
+    return this.dualSolver;
   }
 
   private afterFlush(flushed: [string, Entry][]): void {

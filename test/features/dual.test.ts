@@ -3,6 +3,7 @@ import { test } from 'node:test';
 
 import { EigenvalueDecomposition, Matrix, solve } from 'ml-matrix';
 
+import { DualSolver } from '../../src/features/dual-solver.js';
 import {
   aggregateHistory,
   lambdaForUser,
@@ -166,7 +167,7 @@ test('CG matches the Cholesky solve on random problems', () => {
   }
 });
 
-test('both solvers match Cramer’s rule on random 2-dimensional problems', () => {
+test('all three solvers match Cramer’s rule on random 2-dimensional problems', () => {
   const random = mulberry32(12);
 
   for (let trial = 0; trial < 20; trial++) {
@@ -177,15 +178,20 @@ test('both solvers match Cramer’s rule on random 2-dimensional problems', () =
     const expected = solveCramer2(matrix, rhs);
     const exact = solveDualExact(problem.gramian, 5, problem.terms, p);
     const cg = solveDualCg(problem.gramian, 5, problem.terms, { ...p, tolerance: 1e-12 });
+    const spectral = DualSolver.create(problem.gramian).solve(5, problem.terms, {
+      ...p,
+      tolerance: 1e-12,
+    });
 
     // Tolerance 1e-6 relative: float32 results round to 2^-24 ~ 6e-8; the solves themselves
     // are accurate to ~1e-14 on these 2 x 2 systems (kappa below 1e3).
     assert.ok(relativeError(exact, expected) < 1e-6, `trial ${trial}`);
     assert.ok(relativeError(cg.vector, expected) < 1e-6, `trial ${trial}`);
+    assert.ok(relativeError(spectral.vector, expected) < 1e-6, `trial ${trial}`);
   }
 });
 
-test('both solvers match the adjugate formula on random 3-dimensional problems', () => {
+test('all three solvers match the adjugate formula on random 3-dimensional problems', () => {
   const random = mulberry32(13);
 
   for (let trial = 0; trial < 20; trial++) {
@@ -196,10 +202,15 @@ test('both solvers match the adjugate formula on random 3-dimensional problems',
     const expected = solveAdjugate3(matrix, rhs);
     const exact = solveDualExact(problem.gramian, 6, problem.terms, p);
     const cg = solveDualCg(problem.gramian, 6, problem.terms, { ...p, tolerance: 1e-12 });
+    const spectral = DualSolver.create(problem.gramian).solve(6, problem.terms, {
+      ...p,
+      tolerance: 1e-12,
+    });
 
     // Tolerance 1e-6 relative, as for d = 2.
     assert.ok(relativeError(exact, expected) < 1e-6, `trial ${trial}`);
     assert.ok(relativeError(cg.vector, expected) < 1e-6, `trial ${trial}`);
+    assert.ok(relativeError(spectral.vector, expected) < 1e-6, `trial ${trial}`);
   }
 });
 
@@ -226,6 +237,10 @@ test('a 3-dimensional problem worked by hand', () => {
   // Tolerance 1e-7 relative: the float32 rounding of the result, 2^-24 ~ 6e-8.
   assert.ok(relativeError(solveDualExact(gramian, 4, terms, p), expected) < 1e-7);
   assert.ok(relativeError(solveDualCg(gramian, 4, terms, p).vector, expected) < 1e-7);
+  const spectral = DualSolver.create(gramian).solve(4, terms, p);
+  assert.ok(relativeError(spectral.vector, expected) < 1e-7);
+  // Identity plus rank |H| = 2 after preconditioning: at most 3 distinct eigenvalues.
+  assert.ok(spectral.iterations <= 3);
 });
 
 test('a warm start from the exact solution converges in at most one iteration', () => {
@@ -298,6 +313,7 @@ test('aggregateHistory merges per item and drops items with zero total confidenc
     2,
   );
 
+  assert.deepEqual(history.itemIds, ['e']);
   assert.deepEqual(history.embeddings, [e]);
   assert.deepEqual(history.confidences, Float64Array.of(4));
   // (1 * 2 + 3 * 6) / 4 = 5, exact in float64.
