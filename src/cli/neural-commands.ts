@@ -64,7 +64,7 @@ async function runTrain(args: readonly string[]): Promise<number> {
   const signalMap = parseSignalMap(values['signal-map'] ?? 'like:>=4,dislike:<=2');
   const read = await readEventsFile(values.events, { timestampUnit, signalMap });
   console.error(
-    `train: ${read.events.length} events, ${read.badRows.length} bad rows, ${read.ignored} ignored`,
+    `train: ${read.events.length} events, ${read.badRowCount} bad rows, ${read.ignored} ignored`,
   );
 
   const normalize = !values['no-normalize'];

@@ -188,10 +188,12 @@ function projectTokenBases(
   tokenCount: number,
   ws: Workspace,
 ): void {
-  if (ws.slot.length < embeddings.rows) ws.slot = new Int32Array(embeddings.rows).fill(-1);
-  if (ws.unique.length < tokenCount)
-    ws.unique = new Int32Array(Math.max(tokenCount, 2 * ws.unique.length));
+  // Clear the previous batch's slots first, while ws.unique still lists them.
   for (let u = 0; u < ws.uniqueCount; u++) ws.slot[ws.unique[u]!] = -1;
+  if (ws.slot.length < embeddings.rows) ws.slot = new Int32Array(embeddings.rows).fill(-1);
+  if (ws.unique.length < tokenCount) {
+    ws.unique = new Int32Array(Math.max(tokenCount, 2 * ws.unique.length));
+  }
 
   let count = 0;
   for (let t = 0; t < tokenCount; t++) {

@@ -391,11 +391,13 @@ function ensureScratch(n: number, d: number, heads: number): void {
 
 /**
  * What the encoder derives from a weights object, computed on first use and kept while the
- * object lives: the folded queries K_hᵀ q_h / sqrt(D/H) (H x D) and float64 copies of V and O.
- * This is why weights must not change once encoded with.
+ * object lives: the folded queries K_hᵀ q_h / sqrt(D/H) (H x D), every sum T[type] + A[bucket]
+ * (types x buckets x D, so a token costs one addition per component) and float64 copies of V
+ * and O. This is why weights must not change once encoded with.
  */
 interface Prepared {
   readonly queries: Float64Array;
+  readonly typeAge: Float64Array;
   readonly value: Float64Array;
   readonly out: Float64Array;
 }
@@ -421,11 +423,28 @@ function prepare(weights: NeuralWeights, d: number, heads: number): Prepared {
 
   const prepared = {
     queries,
+    typeAge: typeAgeSums(weights, d),
     value: Float64Array.from(weights['pool.value.weight'].data),
     out: Float64Array.from(weights['out.proj.weight'].data),
   };
   preparedWeights.set(weights, prepared);
   return prepared;
+}
+
+/** T[t] + A[b] at (t * buckets + b) * D. */
+function typeAgeSums(weights: NeuralWeights, d: number): Float64Array {
+  const typeRows = weights['token.type.weight'].data;
+  const ageRows = weights['token.age.weight'].data;
+  const types = typeRows.length / d;
+  const buckets = ageRows.length / d;
+  const sums = new Float64Array(types * buckets * d);
+  for (let t = 0; t < types; t++) {
+    for (let b = 0; b < buckets; b++) {
+      const out = (t * buckets + b) * d;
+      for (let i = 0; i < d; i++) sums[out + i] = typeRows[t * d + i]! + ageRows[b * d + i]!;
+    }
+  }
+  return sums;
 }
 
 /**
@@ -449,7 +468,7 @@ export function encodeHistory(
 
   const prepared = prepare(weights, d, heads);
   ensureScratch(n, d, heads);
-  fillTokens(weights, config, prepared.queries, history, history.length - n, n);
+  fillTokens(weights, config, prepared, history, history.length - n, n);
   attend(prepared.queries, n, d, heads);
   return project(prepared, weights['out.proj.bias'].data, d, heads);
 }
@@ -461,27 +480,24 @@ export function encodeHistory(
 function fillTokens(
   weights: NeuralWeights,
   config: NeuralConfig,
-  queries: Float64Array,
+  prepared: Prepared,
   history: readonly HistoryEvent[],
   first: number,
   n: number,
 ): void {
   const d = config.modelDim;
-  const typeRows = weights['token.type.weight'].data;
-  const ageRows = weights['token.age.weight'].data;
+  const { queries, typeAge } = prepared;
   const { tokens, alphas } = scratch;
   const fused = config.heads >= 4;
 
   for (let j = 0; j < n; j++) {
     const event = history[first + j]!;
     const base = tokenBase(weights, config, event, first + j);
-    const typeOffset = event.typeIndex * d;
-    const ageOffset = ageBucket(event.ageMs, config.ageBuckets) * d;
+    const bucket = ageBucket(event.ageMs, config.ageBuckets);
+    const sum = (event.typeIndex * config.ageBuckets + bucket) * d;
     const offset = j * d;
     if (!fused) {
-      for (let i = 0; i < d; i++) {
-        tokens[offset + i] = base[i]! + typeRows[typeOffset + i]! + ageRows[ageOffset + i]!;
-      }
+      for (let i = 0; i < d; i++) tokens[offset + i] = base[i]! + typeAge[sum + i]!;
       continue;
     }
 
@@ -490,7 +506,7 @@ function fillTokens(
     let s2 = 0;
     let s3 = 0;
     for (let i = 0; i < d; i++) {
-      const t = base[i]! + typeRows[typeOffset + i]! + ageRows[ageOffset + i]!;
+      const t = base[i]! + typeAge[sum + i]!;
       tokens[offset + i] = t;
       s0 += queries[i]! * t;
       s1 += queries[d + i]! * t;

@@ -143,6 +143,43 @@ test('gradients match central differences with D = 6, H = 3 (kernel remainders)'
   checkAllGradients(wideConfig, SAMPLED);
 });
 
+/**
+ * Regression: the workspace keeps a map from catalogue row to the batch's token bases and must
+ * clear it between batches, also when its buffers grow. A reused workspace stale from a smaller
+ * batch gave some tokens the base of another item.
+ */
+test('a workspace reused across batches of growing size gives the results of a fresh one', () => {
+  const params = randomParams(4, config);
+  const embeddings = randomEmbeddings(6, config.inputDim, 14);
+  const small: TokenBatch = {
+    size: 1,
+    offsets: Int32Array.from([0, 2]),
+    items: Int32Array.from([5, 3]),
+    types: Int32Array.from([0, 1]),
+    buckets: Int32Array.from([1, 0]),
+  };
+  const reused = new Workspace();
+  const sink = zerosLike(config);
+  const smallCandidates = { ...FULL_SOFTMAX, targetColumns: Int32Array.from([2]) };
+  lossAndGradients(params, config, embeddings, small, smallCandidates, sink, reused);
+
+  const fresh = zerosLike(config);
+  const again = zerosLike(config);
+  const batch = fixedBatch();
+  const expected = lossAndGradients(
+    params,
+    config,
+    embeddings,
+    batch,
+    FULL_SOFTMAX,
+    fresh,
+    new Workspace(),
+  );
+  const actual = lossAndGradients(params, config, embeddings, batch, FULL_SOFTMAX, again, reused);
+  assert.equal(actual, expected);
+  for (const name of TENSOR_NAMES) assert.deepEqual(again[name], fresh[name], name);
+});
+
 /** The encoding of one history by the training forward pass (float64). */
 function trainingEncoding(
   params: Params,
