@@ -20,6 +20,7 @@ import type { FeatureResponse } from '../reader/feature-reader.js';
 import { AffinityWorker } from '../workers/events-worker.js';
 import { extraCommands } from './extra-commands.js';
 import './neural-commands.js';
+import './offline-commands.js';
 import { stopOnSignals } from './signals.js';
 
 const USAGE = `usage: affinity <command> [options]

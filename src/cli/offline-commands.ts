@@ -1,0 +1,282 @@
+/**
+ * The offline subcommands: `backfill` (point-in-time features for request rows) and
+ * `evaluate` (which method helps, on a chronological split). Both read the same AFFINITY_*
+ * configuration as the workers; flags override the method parameters for one run.
+ */
+import { parseArgs } from 'node:util';
+import { loadConfig } from '../config/config.js';
+import { parseDurationMs } from '../config/duration.js';
+import { AffinityError } from '../errors.js';
+import type { CatalogueFormat } from '../items/loaders.js';
+import { parseSignalMap } from '../neural/events.js';
+import type { BadRow } from '../neural/events.js';
+import { runBackfill } from '../offline/backfill.js';
+import { runEvaluation } from '../offline/evaluate.js';
+import type { EvaluationProgress } from '../offline/evaluate.js';
+import type { MethodOverrides } from '../offline/settings.js';
+import { methodSettings } from '../offline/settings.js';
+import { extraCommands } from './extra-commands.js';
+
+const COMMON_USAGE = `        [--signal-map SPEC|FILE.json] [--center] [--no-normalize] [--ids FILE]
+        [--format folder|npy|jsonl] [--strict] [--half-lives 1h,1d,30d] [--history-max-events N]
+        [--history-half-life 30d] [--thresholds 0.2,0.4] [--dual-a0 X] [--dual-lambda X]
+        [--dual-nu X] [--dual-half-life 30d] [--no-dual]`;
+
+extraCommands.push(
+  {
+    name: 'backfill',
+    usage: `  backfill --events FILE --items PATH --requests FILE --out FILE.jsonl|FILE.csv
+        --timestamps s|ms [--request-timestamps s|ms] [--model DIR]
+${COMMON_USAGE}
+                                  point-in-time features for request rows user_id,item_id,timestamp[,label]`,
+    run: runBackfillCommand,
+  },
+  {
+    name: 'evaluate',
+    usage: `  evaluate --events FILE --items PATH --out DIR --timestamps s|ms [--model DIR]
+        [--negatives popularity|uniform|log] [--negatives-per-positive N] [--seed N]
+        [--max-queries N] [--bootstrap N] [--no-sweep] [--train-model DIR [--model-epochs N]]
+${COMMON_USAGE}
+                                  chronological evaluation of every method; writes report.md/.svg/.json`,
+    run: runEvaluateCommand,
+  },
+);
+
+const COMMON_OPTIONS = {
+  events: { type: 'string' },
+  items: { type: 'string' },
+  out: { type: 'string' },
+  model: { type: 'string' },
+  timestamps: { type: 'string' },
+  'signal-map': { type: 'string' },
+  center: { type: 'boolean', default: false },
+  'no-normalize': { type: 'boolean', default: false },
+  ids: { type: 'string' },
+  format: { type: 'string' },
+  strict: { type: 'boolean', default: false },
+  'half-lives': { type: 'string' },
+  'history-max-events': { type: 'string' },
+  'history-half-life': { type: 'string' },
+  thresholds: { type: 'string' },
+  'dual-a0': { type: 'string' },
+  'dual-lambda': { type: 'string' },
+  'dual-nu': { type: 'string' },
+  'dual-half-life': { type: 'string' },
+  'no-dual': { type: 'boolean', default: false },
+} as const;
+
+type CommonValues = {
+  [K in keyof typeof COMMON_OPTIONS]?: (typeof COMMON_OPTIONS)[K]['type'] extends 'boolean'
+    ? boolean
+    : string;
+};
+
+async function runBackfillCommand(args: readonly string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: [...args],
+    options: {
+      ...COMMON_OPTIONS,
+      requests: { type: 'string' },
+      'request-timestamps': { type: 'string' },
+    },
+  });
+  if (!values.events || !values.items || !values.requests || !values.out)
+    throw usage('backfill needs --events, --items, --requests and --out');
+
+  const summary = await runBackfill({
+    events: eventsInput(values),
+    itemsPath: values.items,
+    catalogue: catalogueOptions(values),
+    requestsPath: values.requests,
+    ...optional('requestTimestampUnit', values['request-timestamps'], timestampUnit),
+    outPath: values.out,
+    ...(values.model === undefined ? {} : { modelDir: values.model }),
+    settings: methodSettings(loadConfig(), overrides(values)),
+    strict: values.strict,
+    onProgress: progressPrinter('backfill'),
+  });
+  reportBadRows('events', summary.events.badRowCount, summary.events.badRows);
+  reportBadRows('requests', summary.requests.badRowCount, summary.requests.badRows);
+  console.log(JSON.stringify({ ...summary, events: { ...summary.events, badRows: undefined } }));
+  return 0;
+}
+
+async function runEvaluateCommand(args: readonly string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: [...args],
+    options: {
+      ...COMMON_OPTIONS,
+      negatives: { type: 'string', default: 'popularity' },
+      'negatives-per-positive': { type: 'string', default: '100' },
+      seed: { type: 'string', default: '1' },
+      'max-queries': { type: 'string', default: '3000' },
+      bootstrap: { type: 'string', default: '1000' },
+      'no-sweep': { type: 'boolean', default: false },
+      'train-model': { type: 'string' },
+      'model-epochs': { type: 'string' },
+    },
+  });
+  if (!values.events || !values.items || !values.out)
+    throw usage('evaluate needs --events, --items and --out');
+  if (values.model !== undefined && values['train-model'] !== undefined)
+    throw usage('evaluate takes --model or --train-model, not both');
+
+  const negatives = values.negatives;
+  if (negatives !== 'popularity' && negatives !== 'uniform' && negatives !== 'log')
+    throw usage('--negatives must be popularity, uniform or log');
+  const result = await runEvaluation({
+    events: eventsInput(values),
+    itemsPath: values.items,
+    catalogue: catalogueOptions(values),
+    outDir: values.out,
+    ...(values.model === undefined ? {} : { modelDir: values.model }),
+    ...(values['train-model'] === undefined ? {} : { trainModelDir: values['train-model'] }),
+    ...optional('modelEpochs', values['model-epochs'], (text) =>
+      integer('--model-epochs', text, 1),
+    ),
+    settings: methodSettings(loadConfig(), overrides(values)),
+    negatives,
+    negativesPerPositive: integer('--negatives-per-positive', values['negatives-per-positive'], 1),
+    seed: integer('--seed', values.seed, 0),
+    maxQueriesPerPeriod: integer('--max-queries', values['max-queries'], 1),
+    bootstrapResamples: integer('--bootstrap', values.bootstrap, 10),
+    sweep: !values['no-sweep'],
+    command: ['affinity', 'evaluate', ...args].map(shellWord).join(' '),
+    onProgress: evaluationProgressPrinter(),
+  });
+  console.log(JSON.stringify(result));
+  return 0;
+}
+
+function eventsInput(values: CommonValues & { events?: string }) {
+  const unit = values.timestamps;
+  if (unit !== 's' && unit !== 'ms') throw usage('--timestamps s|ms is required (the log unit)');
+  return {
+    path: values.events!,
+    timestampUnit: unit,
+    ...(values['signal-map'] === undefined
+      ? {}
+      : { signalMap: parseSignalMap(values['signal-map']) }),
+    strict: values.strict ?? false,
+  } as const;
+}
+
+function timestampUnit(text: string): 's' | 'ms' {
+  if (text !== 's' && text !== 'ms') throw usage(`timestamp unit must be s or ms, got "${text}"`);
+  return text;
+}
+
+function catalogueOptions(values: CommonValues) {
+  const format = values.format;
+  if (format !== undefined && !['folder', 'npy', 'jsonl'].includes(format))
+    throw usage('--format must be folder, npy or jsonl');
+  return {
+    center: values.center ?? false,
+    normalize: !values['no-normalize'],
+    ...(values.ids === undefined ? {} : { ids: values.ids }),
+    ...(format === undefined ? {} : { format: format as CatalogueFormat }),
+  };
+}
+
+/** The method flags as overrides of the configuration. */
+function overrides(values: CommonValues): MethodOverrides {
+  const dual = {
+    ...(values['no-dual'] ? { enabled: false } : {}),
+    ...optional('a0', values['dual-a0'], (text) => number('--dual-a0', text)),
+    ...optional('lambda', values['dual-lambda'], (text) => number('--dual-lambda', text)),
+    ...optional('nu', values['dual-nu'], (text) => number('--dual-nu', text)),
+    ...optional('halfLifeMs', values['dual-half-life'], (text) =>
+      duration('--dual-half-life', text),
+    ),
+  };
+  return {
+    ...optional('halfLivesMs', values['half-lives'], (text) =>
+      text.split(',').map((part) => duration('--half-lives', part)),
+    ),
+    ...optional('historyMaxEvents', values['history-max-events'], (text) =>
+      integer('--history-max-events', text, 1),
+    ),
+    ...optional('historyHalfLifeMs', values['history-half-life'], (text) =>
+      duration('--history-half-life', text),
+    ),
+    ...optional('cosineThresholds', values.thresholds, (text) =>
+      text.split(',').map((part) => number('--thresholds', part)),
+    ),
+    dual,
+  };
+}
+
+function optional<K extends string, T>(
+  key: K,
+  text: string | undefined,
+  parse: (text: string) => T,
+): Partial<Record<K, T>> {
+  return text === undefined ? {} : ({ [key]: parse(text) } as Record<K, T>);
+}
+
+function number(flag: string, text: string): number {
+  const value = Number(text.trim());
+  if (text.trim() === '' || !Number.isFinite(value))
+    throw usage(`${flag}: "${text}" is not a number`);
+  return value;
+}
+
+function integer(flag: string, text: string | undefined, min: number): number {
+  const value = number(flag, text ?? '');
+  if (!Number.isInteger(value) || value < min) throw usage(`${flag} must be an integer >= ${min}`);
+  return value;
+}
+
+function duration(flag: string, text: string): number {
+  try {
+    return parseDurationMs(text.trim());
+  } catch (err) {
+    throw usage(`${flag}: ${(err as Error).message}`);
+  }
+}
+
+function reportBadRows(what: string, count: number, rows: readonly BadRow[]): void {
+  if (count === 0) return;
+  console.error(`${what}: ${count} bad row(s) skipped; the first:`);
+  for (const row of rows.slice(0, BAD_ROWS_SHOWN))
+    console.error(`  line ${row.line}: ${row.reason}`);
+}
+
+const BAD_ROWS_SHOWN = 10;
+const PROGRESS_INTERVAL_MS = 2_000;
+
+/** Prints "backfill: 12000/50000 request groups" to stderr at most every two seconds. */
+function progressPrinter(label: string) {
+  let lastMs = 0;
+  return (done: number, total: number) => {
+    const nowMs = Date.now();
+    if (done < total && nowMs - lastMs < PROGRESS_INTERVAL_MS) return;
+    lastMs = nowMs;
+    console.error(`${label}: ${done}/${total} request groups`);
+  };
+}
+
+function evaluationProgressPrinter(): (progress: EvaluationProgress) => void {
+  let lastMs = 0;
+  let lastStage = '';
+  const startedMs = Date.now();
+  return ({ stage, done, total }) => {
+    const nowMs = Date.now();
+    const finished = total !== undefined && done === total;
+    if (stage === lastStage && !finished && nowMs - lastMs < PROGRESS_INTERVAL_MS) return;
+    lastMs = nowMs;
+    lastStage = stage;
+    const seconds = ((nowMs - startedMs) / 1000).toFixed(0).padStart(4);
+    const count = total === undefined ? '' : ` ${done}/${total}`;
+    console.error(`evaluate [${seconds} s] ${stage}${count}`);
+  };
+}
+
+/** The argument as a POSIX shell would need it typed: single-quoted when it has specials. */
+function shellWord(text: string): string {
+  return /^[\w@%+=:,./-]+$/.test(text) ? text : `'${text.replaceAll("'", "'\\''")}'`;
+}
+
+function usage(message: string): AffinityError {
+  return new AffinityError('USAGE', message);
+}
