@@ -10,9 +10,10 @@
  * every request finds a changed user and costs a solve). Default settings otherwise
  * (AFFINITY_* unset: half-lives 1h,1d,30d, history 200 events).
  *
- * Events per second = events applied / time inside `applyEvents`; requests per second = rows /
- * time answering. Both run in this one Node thread (one core; V8's GC helpers aside). Each
- * configuration is run `--repeat` times (default 3) and the fastest kept, to damp a shared host.
+ * Events per second = events applied / time inside `applyEvents` (a user's events after their
+ * last request are not replayed, nor counted); requests per second = rows / time answering.
+ * Both run in this one Node thread (one core; V8's GC helpers aside). Each configuration is
+ * run `--repeat` times (default 3) and the fastest kept, to damp a shared host.
  * Target: at least 100,000 events per second for method 1.
  *
  * Usage: npm run bench:backfill -- [--json] [--users=U] [--events-per-user=E]

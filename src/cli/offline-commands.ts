@@ -37,7 +37,9 @@ ${COMMON_USAGE}
         [--negatives popularity|uniform|log] [--negatives-per-positive N] [--seed N]
         [--max-queries N] [--bootstrap N] [--no-sweep] [--train-model DIR [--model-epochs N]]
 ${COMMON_USAGE}
-                                  chronological evaluation of every method; writes report.md/.svg/.json`,
+                                  chronological evaluation of every method (raw and centred
+                                  embeddings both, so --center is not needed); writes
+                                  report.md, report.svg and report.json to DIR`,
     run: runEvaluateCommand,
   },
 );
@@ -97,7 +99,10 @@ async function runBackfillCommand(args: readonly string[]): Promise<number> {
   });
   reportBadRows('events', summary.events.badRowCount, summary.events.badRows);
   reportBadRows('requests', summary.requests.badRowCount, summary.requests.badRows);
-  console.log(JSON.stringify({ ...summary, events: { ...summary.events, badRows: undefined } }));
+  // The bad rows went to stderr above; the summary keeps their counts.
+  const events = { ...summary.events, badRows: undefined };
+  const requests = { ...summary.requests, badRows: undefined };
+  console.log(JSON.stringify({ ...summary, events, requests }));
   return 0;
 }
 

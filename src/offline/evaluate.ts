@@ -250,9 +250,7 @@ class EvaluationRun {
   sweep(catalogue: OfflineCatalogue): SweepResult {
     return sweepOnValidation(
       {
-        events: this.inputs.events,
         catalogue,
-        neural: null,
         validation: this.protocol.validation,
         baseline: this.protocol.baselines.validation,
         fit: this.fit,

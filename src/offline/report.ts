@@ -238,6 +238,11 @@ function sweepSection(report: EvaluationReport): string[] {
       'threshold',
       sweep.thresholds,
     ),
+    ...pointTable(
+      'Greedy threshold pair (cross-validated ranker, baseline + shares of both polarities)',
+      'step',
+      sweep.thresholdSteps,
+    ),
     ...pointTable('Dual vector: `dual.score` alone', 'parameters', sweep.dual),
   ];
 }

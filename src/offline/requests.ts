@@ -99,7 +99,8 @@ function looksLikeHeader(text: string): boolean {
 
 /** A row, or the reason it is bad. */
 export function parseRequestRow(text: string, unit: 's' | 'ms'): RequestRow | { bad: string } {
-  const fields = text.split(',').map((field) => unquote(field.trim()));
+  const fields = splitFields(text);
+  if (fields === null) return { bad: 'unclosed double quote' };
   if (fields.length < 3 || fields.length > 4)
     return {
       bad: `expected 3 or 4 fields (user_id,item_id,timestamp[,label]), got ${fields.length}`,
@@ -113,10 +114,28 @@ export function parseRequestRow(text: string, unit: 's' | 'ms'): RequestRow | { 
   return { user, item, ts, label: parseLabel(label) };
 }
 
-function unquote(field: string): string {
-  return field.length >= 2 && field.startsWith('"') && field.endsWith('"')
-    ? field.slice(1, -1).replaceAll('""', '"')
-    : field;
+/**
+ * The RFC 4180 fields of one line (a quoted field may hold commas; "" is a quote), trimmed;
+ * null when a quote is left open.
+ */
+function splitFields(text: string): string[] | null {
+  const fields: string[] = [];
+  let field = '';
+  let quoted = false;
+  for (let i = 0; i < text.length; i++) {
+    const char = text[i]!;
+    if (quoted && char === '"' && text[i + 1] === '"') {
+      field += '"';
+      i++;
+    } else if (char === '"') quoted = !quoted;
+    else if (char === ',' && !quoted) {
+      fields.push(field.trim());
+      field = '';
+    } else field += char;
+  }
+  if (quoted) return null;
+  fields.push(field.trim());
+  return fields;
 }
 
 function toMs(text: string, unit: 's' | 'ms'): number | string {

@@ -16,8 +16,6 @@
  * their single scores suggest.
  */
 import { formatDuration } from '../config/duration.js';
-import type { InteractionEvent } from '../events/types.js';
-import type { LoadedModel } from '../features/neural-encode.js';
 import type { MetricMeans, PeriodFeatures, RankerFitOptions } from './assess.js';
 import { crossValidated, featureColumn, meansOf, outcomesOf } from './assess.js';
 import type { OfflineCatalogue } from './catalogue.js';
@@ -78,9 +76,7 @@ export type ValidationReplay = (
 };
 
 export interface SweepContext {
-  readonly events: readonly InteractionEvent[];
   readonly catalogue: OfflineCatalogue;
-  readonly neural: LoadedModel | null;
   readonly validation: PeriodQueries;
   readonly baseline: FeatureTable;
   readonly replayValidation: ValidationReplay;

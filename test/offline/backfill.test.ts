@@ -14,6 +14,7 @@ import { loadConfig } from '../../src/config/config.js';
 import { parseSignalMap } from '../../src/neural/events.js';
 import type { BackfillOptions } from '../../src/offline/backfill.js';
 import { runBackfill } from '../../src/offline/backfill.js';
+import { parseRequestRow } from '../../src/offline/requests.js';
 import { methodSettings } from '../../src/offline/settings.js';
 
 const HOUR_S = 3_600;
@@ -208,4 +209,15 @@ test('strict mode stops at the first bad row with its line', async (t) => {
     }),
     /events\.csv:6: empty item_id/,
   );
+});
+
+test('request rows are read as RFC 4180 CSV: quoted commas and doubled quotes', () => {
+  assert.deepEqual(parseRequestRow('"u,1","i ""x""",2,1', 's'), {
+    user: 'u,1',
+    item: 'i "x"',
+    ts: 2_000,
+    label: 1,
+  });
+  assert.deepEqual(parseRequestRow('u1,"i1,3', 's'), { bad: 'unclosed double quote' });
+  assert.ok('bad' in parseRequestRow('u1,i1', 's'));
 });
