@@ -8,7 +8,7 @@
  * over 30 days, and R request rows per user (default 5) at random times in that span, one
  * candidate each (a typical training-set backfill: every row its own time, so with method 2
  * every request finds a changed user and costs a solve). Default settings otherwise
- * (AFFINITY_* unset: half-lives 1h,1d,30d, history 200 events).
+ * (AFFINITY_* unset: half-lives 1h,6h,365d, history 200 events).
  *
  * Events per second = events applied / time inside `applyEvents` (a user's events after their
  * last request are not replayed, nor counted); requests per second = rows / time answering.

@@ -120,10 +120,8 @@ async function runNeural(args: readonly string[]): Promise<number> {
   const logger = createLogger(config.logLevel, { role: 'neural-reencode' });
   const worker = new NeuralWorker(config, logger, new NeuralMetrics(createRegistry(false)));
   try {
-    const users = await worker.reencodeAll();
-    console.log(
-      JSON.stringify({ usersChecked: users, model: worker.models.current?.version ?? null }),
-    );
+    const summary = await worker.reencodeAll();
+    console.log(JSON.stringify({ ...summary, model: worker.models.current?.version ?? null }));
   } finally {
     await worker.close();
   }

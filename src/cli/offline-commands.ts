@@ -18,9 +18,9 @@ import { methodSettings } from '../offline/settings.js';
 import { extraCommands } from './extra-commands.js';
 
 const COMMON_USAGE = `        [--signal-map SPEC|FILE.json] [--center] [--no-normalize] [--ids FILE]
-        [--format folder|npy|jsonl] [--strict] [--half-lives 1h,1d,30d] [--history-max-events N]
-        [--history-half-life 30d] [--thresholds 0.2,0.4] [--dual-a0 X] [--dual-lambda X]
-        [--dual-nu X] [--dual-half-life 30d] [--no-dual]`;
+        [--format folder|npy|jsonl] [--strict] [--half-lives 1h,6h,365d] [--history-max-events N]
+        [--history-half-life 30d] [--thresholds 0,0.4] [--dual-a0 X] [--dual-lambda X]
+        [--dual-nu X] [--dual-half-life 365d] [--no-dual]`;
 
 extraCommands.push(
   {

@@ -29,6 +29,12 @@ import { ModelHolder } from '../neural/model-holder.js';
 
 const MAX_WRITE_ATTEMPTS = 5;
 
+/** What `reencodeAll` did: users whose state was read, and encodings rewritten among them. */
+export interface ReencodeSummary {
+  readonly usersChecked: number;
+  readonly encodingsWritten: number;
+}
+
 export class NeuralMetrics {
   readonly encodings: Counter;
   readonly encodingSeconds: Histogram;
@@ -182,8 +188,12 @@ export class NeuralWorker {
     return byUser;
   }
 
-  /** Applies, encodes once per user and writes; users that lost a race are redone. */
-  private async encodeAndWrite(byUser: Map<string, SequencedEvent[]>): Promise<void> {
+  /**
+   * Applies, encodes once per user and writes; users that lost a race are redone. Returns how
+   * many encodings were written (users with no new event and the current model are left alone).
+   */
+  private async encodeAndWrite(byUser: Map<string, SequencedEvent[]>): Promise<number> {
+    let written = 0;
     let users = [...byUser.keys()];
     for (let attempt = 1; users.length > 0; attempt++) {
       if (attempt > MAX_WRITE_ATTEMPTS) {
@@ -199,7 +209,9 @@ export class NeuralWorker {
       }
       await this.encodeAll(changed);
       users = await this.store.writeMany(changed);
+      written += changed.size - users.length;
     }
+    return written;
   }
 
   /** Recomputes the encodings of `states` with the current model, in place. */
@@ -231,16 +243,17 @@ export class NeuralWorker {
   }
 
   /** `affinity neural reencode`: every stored encoding not made by the current model, redone. */
-  async reencodeAll(): Promise<number> {
+  async reencodeAll(): Promise<ReencodeSummary> {
     if (this.redis.status === 'wait') await this.redis.connect();
     await this.pollModel(true);
-    let written = 0;
+
+    const summary = { usersChecked: 0, encodingsWritten: 0 };
     for await (const users of this.store.users()) {
       const byUser = new Map(users.map((user) => [user, [] as SequencedEvent[]]));
-      await this.encodeAndWrite(byUser);
-      written += users.length;
+      summary.encodingsWritten += await this.encodeAndWrite(byUser);
+      summary.usersChecked += users.length;
     }
-    return written;
+    return summary;
   }
 
   close(): Promise<void> {

@@ -6,7 +6,14 @@ import { AffinityError } from '../../src/errors.js';
 
 test('defaults are complete and frozen', () => {
   const config = loadConfig({});
-  assert.deepEqual(config.halfLivesMs, [3_600_000, 86_400_000, 2_592_000_000]);
+  // The values docs/evaluation.md chose on ml-latest-small.
+  assert.deepEqual(config.halfLivesMs, [3_600_000, 21_600_000, 31_536_000_000]);
+  assert.deepEqual(config.cosineThresholds, [0, 0.4]);
+  assert.deepEqual(
+    { a0: config.dual.a0, lambda: config.dual.lambda, nu: config.dual.nu },
+    { a0: 0.01, lambda: 1, nu: 0.5 },
+  );
+  assert.equal(config.dual.halfLifeMs, 31_536_000_000);
   assert.equal(config.signals.get('dislike')?.polarity, 'negative');
   assert.equal(config.signals.get('dislike')?.weight, 3);
   assert.equal(config.signals.get('skip')?.target, 0);

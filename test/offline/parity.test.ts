@@ -9,7 +9,7 @@
  * at most 2^-24 of the running sum, so features agree to about 60 x 6e-8 = 4e-6 relative; 1e-5
  * (relative to max(1, |value|)) is the bound. Method 2 (`dual.*`): each side stops CG at a
  * relative residual of AFFINITY_DUAL_TOLERANCE = 1e-9 from a different warm start, so the two
- * vectors differ by at most cond(A) x 2e-9 relative (cond(A) < 1e3 here, with lambda = 0.1 and
+ * vectors differ by at most cond(A) x 2e-9 relative (cond(A) < 1e3 here, with lambda_u >= 1 and
  * a 40-item catalogue), plus float32 storage of the vector (6e-8): 1e-5 |u| is the bound for
  * `dual.score` and `dual.norm`, 1e-5 for `dual.cos`.
  */

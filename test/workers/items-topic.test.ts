@@ -94,8 +94,8 @@ test('an event whose item has no embedding yet is counted, kept, and used once i
   const reader = FeatureReader.fromConfig(config);
   t.after(() => reader.close());
   const before = await reader.features('u', ['i0'], nowMs);
-  assert.equal(before.items[0]!.features['agg.pos.1d.weight'], 0);
-  assert.equal(before.items[0]!.features['agg.pos.1d.cos'], null);
+  assert.equal(before.items[0]!.features['agg.pos.6h.weight'], 0);
+  assert.equal(before.items[0]!.features['agg.pos.6h.cos'], null);
 
   const embedding = Float32Array.from({ length: DIM }, (_, k) => (k === 0 ? 1 : 0));
   await produce(config.itemsTopic, [{ key: 'late', value: bytes(embedding) }]);
@@ -103,8 +103,8 @@ test('an event whose item has no embedding yet is counted, kept, and used once i
     (await new ItemStore(redis, { prefix: config.keyPrefix }).getMany(['late'], DIM)).has('late'),
   );
   const after = await reader.features('u', ['late'], nowMs);
-  // Weight 3 (like) decayed by 1 s over a 1-day half-life; the candidate is the item itself.
-  const weight = after.items[0]!.features['agg.pos.1d.weight']!;
-  assert.ok(Math.abs(weight - 3 * 2 ** (-1_000 / 86_400_000)) < 1e-9);
-  assert.ok(Math.abs(after.items[0]!.features['agg.pos.1d.cos']! - 1) < 1e-6);
+  // Weight 3 (like) decayed by 1 s over the 6-hour half-life; the candidate is the item itself.
+  const weight = after.items[0]!.features['agg.pos.6h.weight']!;
+  assert.ok(Math.abs(weight - 3 * 2 ** (-1_000 / 21_600_000)) < 1e-9);
+  assert.ok(Math.abs(after.items[0]!.features['agg.pos.6h.cos']! - 1) < 1e-6);
 });

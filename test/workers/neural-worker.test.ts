@@ -150,7 +150,10 @@ test('a model swap while events flow leaves no user with a mixed or missing enco
   };
   await checkConsistent();
 
-  await worker.reencodeAll();
+  const before = await checkConsistent();
+  const stale = USERS.filter((user) => before.get(user)!.model !== 'test-2').length;
+  const summary = await worker.reencodeAll();
+  assert.deepEqual(summary, { usersChecked: USERS.length, encodingsWritten: stale });
   const states = await checkConsistent();
   for (const user of USERS) assert.equal(states.get(user)!.model, 'test-2');
 });
