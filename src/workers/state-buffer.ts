@@ -52,6 +52,7 @@ export class StateBuffer {
   private readonly entries = new Map<string, Entry>();
   private dirtyUsers = 0;
   private lastFlushMs = performance.now();
+  private lastFlushDurationMs = 0;
   private layoutDim = -1;
   /** Method 2's solver for the current catalogue Gramian (its eigenbasis is costly to build). */
   private dualSolver: DualSolver | null = null;
@@ -89,7 +90,11 @@ export class StateBuffer {
   flushDue(uncommittedOffsets: boolean): boolean {
     if (this.dirtyUsers >= this.config.flushMaxUsers) return true;
     if (this.dirtyUsers === 0 && !uncommittedOffsets) return false;
-    return performance.now() - this.lastFlushMs >= this.config.flushIntervalMs;
+    return performance.now() - this.lastFlushMs >= this.flushIntervalMs();
+  }
+
+  private flushIntervalMs(): number {
+    return flushIntervalAfter(this.lastFlushDurationMs, this.config);
   }
 
   get pendingUsers(): number {
@@ -98,9 +103,13 @@ export class StateBuffer {
 
   /** Solves and writes every changed state; after it resolves, Redis holds all applied events. */
   async flush(): Promise<FlushOutcome> {
-    this.lastFlushMs = performance.now();
+    const startedMs = performance.now();
+    this.lastFlushMs = startedMs;
     const dirty = [...this.entries].filter(([, entry]) => entry.dirty);
-    if (dirty.length === 0) return { users: 0, applied: 0 };
+    if (dirty.length === 0) {
+      this.lastFlushDurationMs = 0;
+      return { users: 0, applied: 0 };
+    }
 
     let pending = new Map(dirty);
     let applied = 0;
@@ -118,6 +127,7 @@ export class StateBuffer {
 
     this.afterFlush(dirty);
     this.evictClean();
+    this.lastFlushDurationMs = performance.now() - startedMs;
     return { users: dirty.length, applied };
   }
 
@@ -312,6 +322,24 @@ export class StateBuffer {
       this.logger.warn({ dropped: result.pendingDropped }, 'events waiting for embeddings dropped');
     }
   }
+}
+
+/**
+ * AFFINITY_FLUSH_INTERVAL, stretched after a slow flush so that flushes take at most
+ * AFFINITY_FLUSH_TIME_SHARE of the worker's time. A flush costs one write (and one dual solve)
+ * per changed user, however many events the user had: when the worker catches up on a backlog,
+ * every flush finds most users changed, and flushing on the plain interval would spend the time
+ * writing the same users again. Freshness is then bounded by the backlog, not by the interval.
+ * Capped at half the Kafka session timeout.
+ */
+export function flushIntervalAfter(
+  lastFlushDurationMs: number,
+  config: Pick<Config, 'flushIntervalMs' | 'flushTimeShare' | 'kafkaSessionTimeoutMs'>,
+): number {
+  const share = config.flushTimeShare;
+  const stretchedMs = (lastFlushDurationMs * (1 - share)) / share;
+  const capMs = config.kafkaSessionTimeoutMs / 2;
+  return Math.min(Math.max(config.flushIntervalMs, stretchedMs), capMs);
 }
 
 function groupByUser(events: readonly SequencedEvent[]): Map<string, SequencedEvent[]> {
