@@ -36,6 +36,7 @@ export interface Config {
   readonly pendingMaxEvents: number;
   readonly userIdleTtlMs: number;
   readonly maxMessageBytes: number;
+  readonly maxEventValue: number;
   readonly fetchMaxBytesPerPartition: number;
   readonly kafkaSessionTimeoutMs: number;
   readonly flushIntervalMs: number;
@@ -78,6 +79,7 @@ export function loadConfig(env: Env = process.env): Config {
     pendingMaxEvents: read.integer('AFFINITY_PENDING_MAX_EVENTS', 1_000, 0, 100_000),
     userIdleTtlMs: read.duration('AFFINITY_USER_IDLE_TTL', '90d'),
     maxMessageBytes: read.integer('AFFINITY_MAX_MESSAGE_BYTES', 16_384, 64, 10_000_000),
+    maxEventValue: read.number('AFFINITY_MAX_EVENT_VALUE', 1_000_000, 0, 1e12),
     fetchMaxBytesPerPartition: read.integer(
       'AFFINITY_FETCH_MAX_BYTES_PER_PARTITION',
       1_048_576,

@@ -26,6 +26,7 @@ export class WorkerMetrics {
   readonly cacheMisses: Counter;
   readonly itemChanges: Counter<'outcome'>;
   readonly dualSolves: Counter;
+  readonly dualFailures: Counter;
   readonly dualIterations: Histogram;
   readonly dualResidual: Histogram;
   readonly dualSolveSeconds: Histogram;
@@ -110,6 +111,11 @@ export class WorkerMetrics {
       registers: [registry],
     });
     this.dualSolves = counter(registry, 'affinity_dual_solves_total', 'Dual vectors solved');
+    this.dualFailures = counter(
+      registry,
+      'affinity_dual_failures_total',
+      'Dual solves that threw; the user keeps the previous vector',
+    );
     this.dualIterations = histogram(
       registry,
       'affinity_dual_iterations',

@@ -5,7 +5,7 @@
 import { formatDuration } from '../config/duration.js';
 import type { Polarity, Signals } from '../events/types.js';
 import type { AggregateLayout } from '../features/aggregate.js';
-import { POLARITIES, slotIndex, slotSum } from '../features/aggregate.js';
+import { POLARITIES, slotIndex, slotRow } from '../features/aggregate.js';
 import { decayFactor } from '../features/decay.js';
 import type { CosineSample } from '../features/history-stats.js';
 import { cosineStats } from '../features/history-stats.js';
@@ -117,8 +117,8 @@ function addAggregateFeatures(
       const base = `agg.${TAG[polarity]}.${formatDuration(halfLifeMs)}`;
       const slot = slotIndex(layout, polarity, h);
       const weight = state ? state.aggregates.weights[slot]! * decayFactor(ageMs, halfLifeMs) : 0;
-      const sum = state && weight > 0 ? slotSum(state.aggregates, layout, slot) : null;
-      features[`${base}.cos`] = sum && candidate ? cosine(sum, candidate) : null;
+      const row = state && weight > 0 ? slotRow(state.aggregates, layout, slot) : null;
+      features[`${base}.cos`] = row && candidate ? cosine(row, candidate) : null;
       features[`${base}.weight`] = weight;
     });
   }

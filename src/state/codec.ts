@@ -10,60 +10,116 @@ import { AffinityError } from '../errors.js';
 import type { AggregateLayout } from '../features/aggregate.js';
 import { POLARITIES, slotIndex } from '../features/aggregate.js';
 import type { HistoryEntry, PendingEntry, UserState } from './user-state.js';
-import { STATE_FORMAT_VERSION, emptyUserState } from './user-state.js';
-import {
-  decodeFloat32LE,
-  decodeFloat64LE,
-  float32Bytes,
-  float64Bytes,
-} from '../encoding/float32.js';
+import { STATE_FORMAT_VERSION, compareHistory, emptyUserState } from './user-state.js';
+import { LittleEndianWriter, decodeFloat32LE, decodeFloat64LE } from '../encoding/float32.js';
 
 export type StateFields = Record<string, Buffer>;
 
+/** Field names and values in pairs, as HSET takes them. */
+export type EncodedFields = (string | Buffer)[];
+
+/** States written before the deferred decay scales existed; read as if every scale were 1. */
+const READABLE_FORMAT_VERSIONS = new Set(['1', String(STATE_FORMAT_VERSION)]);
+
 /**
- * Encodes the whole state. The set of fields only grows (none is ever left out once written),
- * so the writer overwrites in place instead of deleting the hash first.
+ * Encodes the whole state as field, value, field, value..., with `revision` as its revision
+ * (the writer stores the next one). The set of fields only grows (none
+ * is ever left out once written), so the writer overwrites in place instead of deleting the
+ * hash first. The binary fields share one allocation: a flush encodes thousands of states, and
+ * one buffer each instead of four keeps the garbage collector out of the write path.
  */
 export function encodeUserState(
   state: UserState,
   layout: AggregateLayout,
-): Map<string, Buffer | string> {
-  const fields = new Map<string, Buffer | string>();
-  fields.set('v', String(STATE_FORMAT_VERSION));
-  fields.set('dim', String(state.dim));
-  fields.set('rev', String(state.revision));
-  fields.set('n', String(state.eventCount));
-  if (state.aggregates.anchorMs !== null)
-    fields.set('anchor_ms', String(state.aggregates.anchorMs));
+  revision = state.revision,
+): EncodedFields {
+  const { aggregates, dual } = state;
+  const binary = new LittleEndianWriter(
+    4 * aggregates.sums.length +
+      8 * (2 * aggregates.weights.length) +
+      4 * (dual?.vector.length ?? 0),
+  );
 
-  for (const [partition, offset] of state.offsets) fields.set(`off:${partition}`, String(offset));
-  encodeAggregates(state, layout, fields);
-  fields.set('hist', JSON.stringify(state.history));
-  fields.set('pending', JSON.stringify(state.pending));
-  if (state.dual) encodeDual(state, fields);
+  const fields: EncodedFields = [
+    'v',
+    String(STATE_FORMAT_VERSION),
+    'dim',
+    String(state.dim),
+    'rev',
+    String(revision),
+    'n',
+    String(state.eventCount),
+  ];
+  if (aggregates.anchorMs !== null) fields.push('anchor_ms', String(aggregates.anchorMs));
+  for (const [partition, offset] of state.offsets) fields.push(`off:${partition}`, String(offset));
+  encodeAggregates(state, layout, fields, binary);
+  fields.push('hist', historyJson(state), 'pending', JSON.stringify(state.pending));
+  if (dual) encodeDual(dual, fields, binary);
   return fields;
 }
 
 /**
- * The decayed sums as one float32 array of shape [2][H][dim] (positive then negative, half-lives
- * in the order of `half_lives_ms`), which is exactly the in-memory layout, and the weights as
- * float64 [2][H]: a Python reader needs one `numpy.frombuffer(...).reshape(...)` for each.
+ * The rows of the decayed sums as one float32 array of shape [2][H][dim] (positive then
+ * negative, half-lives in the order of `half_lives_ms`), which is exactly the in-memory layout;
+ * their deferred decay scales and the weights as float64 [2][H]. A Python reader needs one
+ * `numpy.frombuffer(...).reshape(...)` for each. The rows are stored unsettled, so that the
+ * state read back continues bit for bit as the one held in memory would have.
  */
 function encodeAggregates(
   state: UserState,
   layout: AggregateLayout,
-  fields: Map<string, Buffer | string>,
+  fields: EncodedFields,
+  binary: LittleEndianWriter,
 ): void {
-  fields.set('half_lives_ms', layout.halfLivesMs.join(','));
-  fields.set('sums', float32Bytes(state.aggregates.sums));
-  fields.set('weights', float64Bytes(state.aggregates.weights));
+  const { sums, scales, weights } = state.aggregates;
+  fields.push('half_lives_ms', layout.halfLivesMs.join(','));
+  fields.push('sums', binary.float32(sums));
+  fields.push('scales', binary.float64(scales));
+  fields.push('weights', binary.float64(weights));
 }
 
-function encodeDual(state: UserState, fields: Map<string, Buffer | string>): void {
-  const dual = state.dual!;
-  fields.set('dual', float32Bytes(dual.vector));
+/**
+ * The history as JSON, reusing the entries' texts from the state's previous encoding: a flush
+ * re-encodes the whole history of every changed user although most entries are unchanged, and
+ * JSON.stringify costs about 0.5 µs per entry here (V8 formats each 13-digit timestamp as a
+ * double), joining kept texts a twentieth of that.
+ *
+ * Between two encodings a history only gains entries (anywhere, in order) and loses its oldest
+ * ones, and both lists are sorted by compareHistory; so one merge pass over the previous
+ * entries finds each kept entry (the same object) and its text. Entries are never mutated,
+ * so a kept text cannot be stale. The cache is keyed by the state and goes with it.
+ */
+interface EncodedHistory {
+  readonly entries: readonly HistoryEntry[];
+  readonly texts: readonly string[];
+}
+
+const encodedHistories = new WeakMap<UserState, EncodedHistory>();
+
+function historyJson(state: UserState): string {
+  const { history } = state;
+  const previous = encodedHistories.get(state) ?? { entries: [], texts: [] };
+  const texts = new Array<string>(history.length);
+  let j = 0;
+  for (let i = 0; i < history.length; i++) {
+    const entry = history[i]!;
+    while (j < previous.entries.length && compareHistory(previous.entries[j]!, entry) < 0) j++;
+    const kept = previous.entries[j] === entry;
+    texts[i] = kept ? previous.texts[j]! : JSON.stringify(entry);
+    if (kept) j++;
+  }
+
+  encodedHistories.set(state, { entries: history.slice(), texts });
+  return `[${texts.join(',')}]`;
+}
+
+function encodeDual(
+  dual: NonNullable<UserState['dual']>,
+  fields: EncodedFields,
+  binary: LittleEndianWriter,
+): void {
   const stats = { iterations: dual.iterations, residual: dual.relativeResidual, terms: dual.terms };
-  fields.set('dual_stats', JSON.stringify(stats));
+  fields.push('dual', binary.float32(dual.vector), 'dual_stats', JSON.stringify(stats));
 }
 
 /**
@@ -75,7 +131,7 @@ export function decodeUserState(fields: StateFields, layout: AggregateLayout): U
   if (Object.keys(fields).length === 0) return state;
 
   const version = text(fields, 'v');
-  if (version !== String(STATE_FORMAT_VERSION)) {
+  if (version === undefined || !READABLE_FORMAT_VERSIONS.has(version)) {
     throw corrupt(`format version ${version ?? 'missing'}, expected ${STATE_FORMAT_VERSION}`);
   }
   const dim = Number(text(fields, 'dim'));
@@ -104,14 +160,21 @@ function decodeOffsets(fields: StateFields, state: UserState): void {
 function decodeAggregates(fields: StateFields, layout: AggregateLayout, state: UserState): void {
   const sums = fields['sums'];
   const weights = fields['weights'];
+  const scales = fields['scales'];
   const stored = (text(fields, 'half_lives_ms') ?? '').split(',').map(Number);
   if (!sums || !weights) return;
-  if (sums.length !== stored.length * 2 * layout.dim * 4 || weights.length !== stored.length * 16) {
+  const slots = stored.length * 2;
+  if (
+    sums.length !== slots * layout.dim * 4 ||
+    weights.length !== slots * 8 ||
+    (scales !== undefined && scales.length !== slots * 8)
+  ) {
     throw corrupt(`sums of ${sums.length} bytes and weights of ${weights.length} bytes`);
   }
 
   const storedSums = decodeFloat32LE(sums);
   const storedWeights = decodeFloat64LE(weights);
+  const storedScales = scales ? decodeFloat64LE(scales) : new Float64Array(slots).fill(1);
   layout.halfLivesMs.forEach((halfLifeMs, h) => {
     const from = stored.indexOf(halfLifeMs);
     if (from < 0) return;
@@ -121,6 +184,7 @@ function decodeAggregates(fields: StateFields, layout: AggregateLayout, state: U
       const row = storedSums.subarray(source * layout.dim, (source + 1) * layout.dim);
       state.aggregates.sums.set(row, target * layout.dim);
       state.aggregates.weights[target] = storedWeights[source]!;
+      state.aggregates.scales[target] = storedScales[source]!;
     });
   });
 }

@@ -11,6 +11,11 @@ export function userStateKey(keys: KeySpace, user: string): string {
   return `${keys.prefix}u:{${user}}`;
 }
 
+/** Where one writer stages a user's next state before swapping it in (state/store.ts). */
+export function userStagingKey(keys: KeySpace, user: string, writerId: string): string {
+  return `${keys.prefix}u:{${user}}:next:${writerId}`;
+}
+
 export function userNeuralKey(keys: KeySpace, user: string): string {
   return `${keys.prefix}u:{${user}}:neural`;
 }

@@ -1,29 +1,51 @@
 /**
- * Reads and writes user states in Redis, one round trip per batch each way. A write is a Lua
- * script per user that overwrites the user's hash only if its revision is still the one that was
- * read (optimistic concurrency): a zombie consumer that lost its partitions in a rebalance can
- * therefore never overwrite a newer state, and the state and its applied offsets always change
- * together.
+ * Reads and writes user states in Redis, one round trip per batch each way. A write replaces the
+ * user's hash only if its revision is still the one that was read (optimistic concurrency): a
+ * zombie consumer that lost its partitions in a rebalance can therefore never overwrite a newer
+ * state, and the state and its applied offsets always change together.
+ *
+ * The write goes in two steps pipelined together: HSET of the whole new state into a staging
+ * key of this writer's own, then a small Lua script that checks the revision of the live key
+ * and RENAMEs the staging key over it (or deletes the staging key on a conflict). RENAME is
+ * atomic and O(1), so readers see the old state or the new one, never a mix. Passing the 10 KB
+ * of a state through a script's arguments instead cost Redis about twice the time per write
+ * (EVALSHA 30 to 90 µs against HSET 10 to 15 µs plus the swap, measured with INFO
+ * commandstats at d = 384), Lua copying each argument into and back out of its own strings.
+ * Both keys carry the user's hash tag, so the script is valid on Redis Cluster; the staging key
+ * expires by itself if a writer dies between the two steps.
  */
+import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { AffinityError } from '../errors.js';
 import type { AggregateLayout } from '../features/aggregate.js';
 import { decodeUserState, encodeUserState } from './codec.js';
 import type { StateFields } from './codec.js';
 import type { KeySpace } from './keys.js';
-import { catalogMetaKey, userStateKey } from './keys.js';
+import { catalogMetaKey, userStagingKey, userStateKey } from './keys.js';
 import type { UserState } from './user-state.js';
 
-const WRITE_STATE_LUA = `
+/** KEYS: live key, staging key. ARGV: expected revision, idle TTL in ms (0: none). */
+const SWAP_STATE_LUA = `
 local current = redis.call('HGET', KEYS[1], 'rev') or '0'
-if current ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-if tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if current ~= ARGV[1] then
+  redis.call('DEL', KEYS[2])
+  return 0
+end
+redis.call('RENAME', KEYS[2], KEYS[1])
+if tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) else redis.call('PERSIST', KEYS[1]) end
 return 1
 `;
 
+/** How long a staging key outlives a writer that died before its swap. */
+const STAGING_TTL_MS = 600_000;
+
+/** Users per pipeline of a write; about 2.5 MB at d = 384 with the default half-lives. */
+const WRITE_CHUNK_USERS = 256;
+/** HSET staging, PEXPIRE staging, swap. */
+const COMMANDS_PER_WRITE = 3;
+
 interface StateCommands {
-  affinityWriteState(key: string, ...args: (string | Buffer)[]): Promise<number>;
+  affinitySwapState(key: string, staging: string, revision: string, ttlMs: string): unknown;
 }
 
 export interface WriteOutcome {
@@ -33,13 +55,16 @@ export interface WriteOutcome {
 }
 
 export class UserStateStore {
+  /** Names this writer's staging keys, apart from every other writer's. */
+  private readonly writerId = randomUUID().slice(0, 12);
+
   constructor(
     private readonly redis: Redis,
     private readonly keys: KeySpace,
     private readonly idleTtlMs: number,
   ) {
-    if (!('affinityWriteState' in redis)) {
-      redis.defineCommand('affinityWriteState', { numberOfKeys: 1, lua: WRITE_STATE_LUA });
+    if (!('affinitySwapState' in redis)) {
+      redis.defineCommand('affinitySwapState', { numberOfKeys: 2, lua: SWAP_STATE_LUA });
     }
   }
 
@@ -74,35 +99,54 @@ export class UserStateStore {
     return states.get(user)!;
   }
 
-  /** Writes each state with its revision bumped; returns which writes lost a race. */
+  /**
+   * Writes each state with its revision bumped; returns which writes lost a race. The scripts
+   * go out as pipelines of WRITE_CHUNK_USERS, all sent before the first reply is awaited: still
+   * one round trip, but Redis works on the first chunk while the next is being encoded, and no
+   * single write buffer holds the whole flush.
+   */
   async writeMany(
     states: ReadonlyMap<string, UserState>,
     layout: AggregateLayout,
   ): Promise<WriteOutcome> {
-    const pipeline = this.redis.pipeline();
     const users = [...states.keys()];
-    for (const user of users) {
-      const state = states.get(user)!;
-      const expected = String(state.revision);
-      const fields = encodeUserState({ ...state, revision: state.revision + 1 }, layout);
-      const args: (string | Buffer)[] = [expected, String(this.idleTtlMs)];
-      for (const [name, value] of fields) args.push(name, value);
-      (pipeline as unknown as StateCommands).affinityWriteState(
-        userStateKey(this.keys, user),
-        ...args,
-      );
+    const chunks: Promise<[Error | null, unknown][] | null>[] = [];
+    for (let start = 0; start < users.length; start += WRITE_CHUNK_USERS) {
+      const chunk = users.slice(start, start + WRITE_CHUNK_USERS);
+      chunks.push(this.writeChunk(chunk, states, layout));
     }
-    const replies = (await pipeline.exec()) ?? [];
+    const replies = (await Promise.all(chunks)).flatMap((chunk) => chunk ?? []);
 
     const written: string[] = [];
     const conflicts: string[] = [];
     users.forEach((user, index) => {
-      if (replyValue(replies[index]) === 1) {
+      replyValue(replies[COMMANDS_PER_WRITE * index]);
+      replyValue(replies[COMMANDS_PER_WRITE * index + 1]);
+      if (replyValue(replies[COMMANDS_PER_WRITE * index + 2]) === 1) {
         states.get(user)!.revision++;
         written.push(user);
       } else conflicts.push(user);
     });
     return { written, conflicts };
+  }
+
+  private writeChunk(
+    users: readonly string[],
+    states: ReadonlyMap<string, UserState>,
+    layout: AggregateLayout,
+  ) {
+    const pipeline = this.redis.pipeline();
+    const idleTtlMs = String(this.idleTtlMs);
+    for (const user of users) {
+      const state = states.get(user)!;
+      const key = userStateKey(this.keys, user);
+      const staging = userStagingKey(this.keys, user, this.writerId);
+      pipeline.hset(staging, ...encodeUserState(state, layout, state.revision + 1));
+      pipeline.pexpire(staging, STAGING_TTL_MS);
+      const swap = pipeline as unknown as StateCommands;
+      swap.affinitySwapState(key, staging, String(state.revision), idleTtlMs);
+    }
+    return pipeline.exec();
   }
 }
 

@@ -8,7 +8,7 @@ import type { InteractionEvent, Polarity, Signals } from '../events/types.js';
 import type { AggregateLayout, Aggregates } from '../features/aggregate.js';
 import { addToAggregates, advanceAnchor, emptyAggregates } from '../features/aggregate.js';
 
-export const STATE_FORMAT_VERSION = 1;
+export const STATE_FORMAT_VERSION = 2;
 
 export interface HistoryEntry {
   readonly item: string;

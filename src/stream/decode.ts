@@ -36,6 +36,11 @@ export type DecodeResult =
 
 export interface DecodeLimits {
   readonly maxMessageBytes: number;
+  /**
+   * Largest `value`: a weight multiplier of 1e308 would overflow the sums to Infinity and
+   * poison every later feature of the user, so it is refused here.
+   */
+  readonly maxEventValue: number;
   readonly maxEventAgeMs: number;
   readonly maxEventFutureMs: number;
   readonly signals: Signals;
@@ -95,6 +100,9 @@ function checkFields(
     return reject('unknown_type', `event type "${type}" is not configured`);
   const value = raw['value'] as number | undefined;
   if (value !== undefined && value < 0) return reject('invalid_value', '"value" must be ≥ 0');
+  if (value !== undefined && value > limits.maxEventValue) {
+    return reject('invalid_value', `"value" ${value} is above the limit ${limits.maxEventValue}`);
+  }
 
   return { ok: true, event: toEvent(raw, ts, type, value) };
 }

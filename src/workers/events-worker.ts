@@ -41,12 +41,19 @@ export class AffinityWorker {
   private readonly buffer: StateBuffer;
   /** Next offset to commit per partition, once the states holding its events are flushed. */
   private readonly positions = new Map<number, string>();
-  /** Serialises batches, timed flushes and rebalance flushes. */
+  /** Serialises batches and the rebalance flush. */
   private exclusive: Promise<unknown> = Promise.resolve();
+  /** Offset commits, in the order of the flushes they follow. */
+  private commits: Promise<unknown> = Promise.resolve();
   private flushTimer: NodeJS.Timeout | null = null;
   private readonly deadLetters: DeadLetterSink;
   private joined = false;
   private closing: Promise<void> | null = null;
+  private failure: Error | null = null;
+  private resolveStopped: (failure: Error | null) => void = () => undefined;
+  private readonly stoppedPromise = new Promise<Error | null>((resolve) => {
+    this.resolveStopped = resolve;
+  });
 
   constructor(
     private readonly config: Config,
@@ -84,6 +91,15 @@ export class AffinityWorker {
     );
     this.buffer = new StateBuffer(config, store, this.cache, metrics, logger);
     this.deadLetters = new DeadLetterSink(this.producer, config.deadLetterTopic);
+  }
+
+  /**
+   * Resolves once the worker has stopped: with null after `close()`, or with the error that
+   * stopped a consumer for good (kafkajs gives up on errors it does not retry). The process
+   * should then exit non-zero so that its supervisor restarts it, rather than stay up idle.
+   */
+  get stopped(): Promise<Error | null> {
+    return this.stoppedPromise;
   }
 
   /** Ready once the events consumer joined its group; /readyz reports this. */
@@ -134,7 +150,9 @@ export class AffinityWorker {
     });
     consumer.on(CRASH, (event) => {
       const { error, restart } = event.payload;
+      if (role === 'events') this.joined = false;
       this.logger.error({ role, err: error, restart }, 'consumer crashed');
+      if (!restart) this.fail(role, error);
     });
   }
 
@@ -147,7 +165,7 @@ export class AffinityWorker {
       eachBatch: (payload) => this.serially(() => this.handleEventsBatch(payload)),
     });
     const tickMs = Math.max(10, Math.floor(this.config.flushIntervalMs / 2));
-    this.flushTimer = setInterval(() => void this.flushIfDue(), tickMs);
+    this.flushTimer = setInterval(() => void this.flushOnTick(), tickMs);
   }
 
   private async runItemsConsumer(): Promise<void> {
@@ -164,7 +182,7 @@ export class AffinityWorker {
   private async handleEventsBatch(payload: EachBatchPayload): Promise<void> {
     const { batch } = payload;
     const last = batch.messages[batch.messages.length - 1];
-    if (!last || !payload.isRunning() || payload.isStale()) return;
+    if (!last || !payload.isRunning() || payload.isStale() || this.closing) return;
     const stopTimer = this.metrics.batchSeconds.startTimer();
     this.metrics.eventsConsumed.inc({ topic: batch.topic }, batch.messages.length);
 
@@ -176,7 +194,7 @@ export class AffinityWorker {
 
     payload.resolveOffset(last.offset);
     this.positions.set(batch.partition, (BigInt(last.offset) + 1n).toString());
-    if (this.buffer.flushDue(this.positions.size > 0)) await this.flushAndCommit();
+    await this.flushIfDue();
     await payload.heartbeat();
     const lag = Number(batch.offsetLag());
     this.metrics.consumerLag.set({ topic: batch.topic, partition: String(batch.partition) }, lag);
@@ -190,17 +208,25 @@ export class AffinityWorker {
     return run;
   }
 
-  private flushIfDue(): Promise<void> {
-    if (!this.buffer.flushDue(this.positions.size > 0)) return Promise.resolve();
-    return this.serially(() => this.flushAndCommit()).catch((err: unknown) => {
-      this.logger.warn({ err }, 'timed flush failed; the next batch or tick retries');
-    });
+  /**
+   * Starts a flush when one is due, without waiting for Redis to confirm it: the next batches
+   * are applied meanwhile. Only when too many changed states wait does it wait (backpressure).
+   */
+  private async flushIfDue(): Promise<void> {
+    if (!this.buffer.flushDue(this.positions.size > 0)) return;
+    const flushed = this.flushAndCommit();
+    if (this.buffer.overfull) await flushed;
+    else
+      flushed.catch((err: unknown) => {
+        this.logger.warn({ err }, 'flush failed; the next flush writes the same states again');
+      });
   }
 
   /**
-   * Writes every changed state, then commits the offsets of the events they hold. A commit
-   * that fails (the partition moved in a rebalance) is harmless: the new owner replays those
-   * events and skips them by the offsets stored with each state.
+   * Writes every changed state, then commits the offsets of the events they hold. The
+   * positions are read before the flush starts, so they never run ahead of what it writes. A
+   * commit that fails (the partition moved in a rebalance) is harmless: the new owner replays
+   * those events and skips them by the offsets stored with each state.
    */
   private async flushAndCommit(): Promise<void> {
     const positions = [...this.positions].map(([partition, offset]) => ({
@@ -210,6 +236,14 @@ export class AffinityWorker {
     }));
     const outcome = await this.buffer.flush();
     if (positions.length === 0) return;
+
+    const commit = this.commits.then(() => this.commit(positions));
+    this.commits = commit.catch(() => undefined);
+    await commit;
+    this.logger.debug({ ...outcome, positions }, 'flushed and committed');
+  }
+
+  private async commit(positions: { topic: string; partition: number; offset: string }[]) {
     try {
       await this.eventsConsumer.commitOffsets(positions);
       for (const { partition, offset } of positions) {
@@ -221,7 +255,6 @@ export class AffinityWorker {
         'offset commit failed; events will be replayed and skipped',
       );
     }
-    this.logger.debug({ ...outcome, positions }, 'flushed and committed');
   }
 
   private decodeBatch(payload: EachBatchPayload): {
@@ -319,6 +352,13 @@ export class AffinityWorker {
     await this.itemStore.applyChanges(changes, true);
   }
 
+  /** The timer's flush: between batches, so that a quiet stream is written too. */
+  private flushOnTick(): Promise<void> {
+    return this.flushIfDue().catch((err: unknown) => {
+      this.logger.warn({ err }, 'timed flush failed; the next batch or tick retries');
+    });
+  }
+
   /** Held states may belong to partitions about to move: write them, then forget them all. */
   private async flushBeforeRebalance(): Promise<void> {
     try {
@@ -326,21 +366,35 @@ export class AffinityWorker {
     } catch (err) {
       this.logger.warn({ err }, 'flush before rebalance failed; the events will be replayed');
     }
-    this.buffer.clear();
+    await this.buffer.clear();
     this.positions.clear();
   }
 
-  /** Finishes the batch in flight, commits, and disconnects; safe to call more than once. */
+  /** A consumer that kafkajs will not restart leaves the worker useless: stop it all. */
+  private fail(role: string, error: Error): void {
+    this.failure ??= error;
+    this.logger.fatal({ role, err: error }, 'consumer stopped for good; stopping the worker');
+    void this.close();
+  }
+
+  /**
+   * Finishes the batch in flight, writes and commits everything applied, and disconnects; safe
+   * to call more than once. The consumer is paused, not stopped, for the final commit: a
+   * stopped kafkajs consumer has left its group and can no longer commit.
+   */
   close(): Promise<void> {
-    this.closing ??= this.closeAll();
+    this.closing ??= this.closeAll().then(() => this.resolveStopped(this.failure));
     return this.closing;
   }
 
   private async closeAll(): Promise<void> {
     if (this.flushTimer) clearInterval(this.flushTimer);
+    const topics = [{ topic: this.config.eventsTopic }];
     const steps: [string, () => Promise<unknown>][] = [
-      ['events consumer stop', () => this.eventsConsumer.stop()],
+      ['events consumer pause', async () => this.eventsConsumer.pause(topics)],
       ['final flush', () => this.serially(() => this.flushAndCommit())],
+      ['offset commits', () => this.commits],
+      ['events consumer stop', () => this.eventsConsumer.stop()],
       ['events consumer', () => this.eventsConsumer.disconnect()],
       ['items consumer', () => this.itemsConsumer.disconnect()],
       ['producer', () => this.producer.disconnect()],

@@ -27,8 +27,10 @@ import type { StateFields } from '../state/codec.js';
 import { decodeUserState } from '../state/codec.js';
 import { DualSolver } from '../features/dual-solver.js';
 import type { Gramian } from '../features/gramian.js';
+import type { DualContext } from '../state/dual-step.js';
 import { refreshDual } from '../state/dual-step.js';
-import type { UserStateStore } from '../state/store.js';
+import type { DualSolution } from '../features/dual.js';
+import type { UserStateStore, WriteOutcome } from '../state/store.js';
 import type { ApplyResult, SequencedEvent, UpdateContext, UserState } from '../state/user-state.js';
 import { applyEvents, emptyUserState } from '../state/user-state.js';
 
@@ -39,23 +41,46 @@ export interface FlushOutcome {
 
 interface Entry {
   state: UserState;
-  /** Events applied since the last flush, kept to re-apply after a lost race. */
-  buffered: SequencedEvent[];
+  /** Events applied since the last write Redis confirmed, kept to re-apply after a lost race. */
+  unconfirmed: SequencedEvent[];
   /** Of those, how many changed the state (the rest were duplicates). */
   applied: number;
+  /** Changed since the last write was sent. */
   dirty: boolean;
 }
 
+/** What one write sent for a user: the entry and how much of it Redis will confirm. */
+interface SentState {
+  readonly entry: Entry;
+  /** The revision the write expects; the state becomes revision + 1 when it lands. */
+  readonly revision: number;
+  /** How many of `entry.unconfirmed` (the oldest) the write holds, and of those applied. */
+  readonly events: number;
+  readonly applied: number;
+}
+
+interface SentWrite {
+  readonly states: Map<string, SentState>;
+  readonly outcome: Promise<WriteOutcome>;
+  readonly startedMs: number;
+}
+
 const MAX_WRITE_ATTEMPTS = 5;
+const NO_WRITES: WriteOutcome = { written: [], conflicts: [] };
 
 export class StateBuffer {
   private readonly entries = new Map<string, Entry>();
   private dirtyUsers = 0;
   private lastFlushMs = performance.now();
-  private lastFlushDurationMs = 0;
+  private lastSendDurationMs = 0;
   private layoutDim = -1;
   /** Method 2's solver for the current catalogue Gramian (its eigenbasis is costly to build). */
   private dualSolver: DualSolver | null = null;
+  /** Serialises every change to the held states: applies, sends, confirmations. */
+  private exclusive: Promise<unknown> = Promise.resolve();
+  /** The flush in flight (sent, not yet confirmed), or the last one. */
+  private flushing: Promise<FlushOutcome> | null = null;
+  private flushInFlight = false;
 
   constructor(
     private readonly config: Config,
@@ -66,7 +91,176 @@ export class StateBuffer {
   ) {}
 
   /** Applies a batch to the held states, reading the missing ones in one round trip. */
-  async apply(events: readonly SequencedEvent[]): Promise<void> {
+  apply(events: readonly SequencedEvent[]): Promise<void> {
+    return this.locked(() => this.applyNow(events));
+  }
+
+  /**
+   * Whether a flush should start: none is in flight, and the interval has passed since the
+   * last one while something waits (changed states, or offsets of batches that changed
+   * nothing), or too many users wait.
+   */
+  flushDue(uncommittedOffsets: boolean): boolean {
+    if (this.flushInFlight) return false;
+    if (this.dirtyUsers >= this.config.flushMaxUsers) return true;
+    if (this.dirtyUsers === 0 && !uncommittedOffsets) return false;
+    return performance.now() - this.lastFlushMs >= this.flushIntervalMs();
+  }
+
+  /** Too many changed states wait: the caller should wait for a flush before reading more. */
+  get overfull(): boolean {
+    return this.dirtyUsers >= this.config.flushMaxUsers;
+  }
+
+  get pendingUsers(): number {
+    return this.dirtyUsers;
+  }
+
+  /**
+   * Solves and sends every changed state, then waits until Redis confirmed them; when the
+   * promise resolves, Redis holds every event applied before the call. Sending blocks (the
+   * solves and the encoding run on this thread), but the wait does not: batches applied
+   * meanwhile go to the held states and into the next flush. One flush is in flight at a time;
+   * a call made while one is queues behind it.
+   */
+  flush(): Promise<FlushOutcome> {
+    const previous = this.flushing ?? Promise.resolve();
+    const run = previous.catch(() => undefined).then(() => this.flushOnce());
+    this.flushing = run;
+    return run;
+  }
+
+  /** Drops every held state (after a rebalance, the partitions held may have moved). */
+  clear(): Promise<void> {
+    return this.locked(async () => {
+      this.entries.clear();
+      this.dirtyUsers = 0;
+    });
+  }
+
+  /** Runs `work` after every change queued before it; none of them overlap. */
+  private locked<T>(work: () => Promise<T>): Promise<T> {
+    const run = this.exclusive.then(work, work);
+    this.exclusive = run.catch(() => undefined);
+    return run;
+  }
+
+  private flushIntervalMs(): number {
+    return flushIntervalAfter(this.lastSendDurationMs, this.config);
+  }
+
+  private async flushOnce(): Promise<FlushOutcome> {
+    this.flushInFlight = true;
+    try {
+      const sent = await this.locked(() => this.send(this.takeDirty()));
+      if (sent.states.size === 0) return { users: 0, applied: 0 };
+
+      const outcome = await this.awaitOutcome(sent);
+      return await this.locked(() => this.confirm(sent, outcome));
+    } finally {
+      this.flushInFlight = false;
+    }
+  }
+
+  private takeDirty(): Map<string, Entry> {
+    this.lastFlushMs = performance.now();
+    const dirty = new Map<string, Entry>();
+    for (const [user, entry] of this.entries) if (entry.dirty) dirty.set(user, entry);
+    return dirty;
+  }
+
+  /**
+   * Solves the duals and encodes and sends every given state, all before it returns, so the
+   * states may change again at once. They count as clean from here; a failed write marks them
+   * changed again.
+   */
+  private async send(entries: Map<string, Entry>): Promise<SentWrite> {
+    const startedMs = performance.now();
+    const states = new Map<string, SentState>();
+    if (entries.size === 0) return { states, outcome: Promise.resolve(NO_WRITES), startedMs };
+
+    await this.solveDuals(entries);
+    for (const [user, entry] of entries) {
+      const { revision } = entry.state;
+      states.set(user, {
+        entry,
+        revision,
+        events: entry.unconfirmed.length,
+        applied: entry.applied,
+      });
+      entry.dirty = false;
+    }
+    this.dirtyUsers -= entries.size;
+
+    const toWrite = new Map([...entries].map(([user, entry]) => [user, entry.state]));
+    const outcome = this.store.writeMany(toWrite, this.layout());
+    this.lastSendDurationMs = performance.now() - startedMs;
+    return { states, outcome, startedMs };
+  }
+
+  /** A write that failed leaves its states changed, to go out with the next flush. */
+  private async awaitOutcome(sent: SentWrite): Promise<WriteOutcome> {
+    try {
+      const outcome = await sent.outcome;
+      this.metrics.redisWriteSeconds.observe((performance.now() - sent.startedMs) / 1_000);
+      return outcome;
+    } catch (err) {
+      await this.locked(async () => {
+        for (const { entry } of sent.states.values()) this.markDirty(entry);
+      });
+      throw err;
+    }
+  }
+
+  /**
+   * Marks what Redis confirmed; states whose write lost a race are read again, their
+   * unconfirmed events applied again (those already in the newer state are skipped by their
+   * offsets), and written again before the flush counts as done.
+   */
+  private async confirm(sent: SentWrite, first: WriteOutcome): Promise<FlushOutcome> {
+    let outcome = first;
+    let pending = sent;
+    let applied = 0;
+    for (let attempt = 1; ; attempt++) {
+      applied += this.markWritten(pending, outcome.written);
+      if (outcome.conflicts.length === 0) break;
+      this.metrics.stateConflicts.inc(outcome.conflicts.length);
+      if (attempt >= MAX_WRITE_ATTEMPTS) throw this.conflictError(pending, outcome.conflicts);
+
+      const conflicting = await this.reapply(pending, outcome.conflicts);
+      pending = await this.send(conflicting);
+      outcome = await pending.outcome;
+    }
+
+    this.evictClean();
+    this.metrics.eventsApplied.inc(applied);
+    return { users: sent.states.size, applied };
+  }
+
+  private markWritten(sent: SentWrite, users: readonly string[]): number {
+    const nowMs = Date.now();
+    let applied = 0;
+    for (const user of users) {
+      const { entry, revision, events } = sent.states.get(user)!;
+      entry.state.revision = revision + 1;
+      const confirmed = entry.unconfirmed.splice(0, events);
+      for (const { event } of confirmed) {
+        this.metrics.freshnessSeconds.observe(Math.max(0, nowMs - event.ts) / 1_000);
+      }
+      applied += sent.states.get(user)!.applied;
+      entry.applied -= sent.states.get(user)!.applied;
+    }
+    return applied;
+  }
+
+  private conflictError(sent: SentWrite, users: readonly string[]): AffinityError {
+    for (const user of users) this.markDirty(sent.states.get(user)!.entry);
+    return new AffinityError('STATE_CONFLICT', `users still conflicting: ${users.join(', ')}`, {
+      retriable: true,
+    });
+  }
+
+  private async applyNow(events: readonly SequencedEvent[]): Promise<void> {
     const byUser = groupByUser(events);
     await this.hold([...byUser.keys()]);
     const layout = this.layout();
@@ -77,64 +271,10 @@ export class StateBuffer {
       const entry = this.entries.get(user)!;
       const result = applyEvents(entry.state, own, context);
       this.countApply(result);
-      entry.buffered.push(...own);
+      entry.unconfirmed.push(...own);
       entry.applied += result.applied;
       if (result.applied > 0 || result.pendingFolded > 0) this.markDirty(entry);
     }
-  }
-
-  /**
-   * Whether a flush is due: the interval has passed since the last one while something waits
-   * (changed states, or offsets of batches that changed nothing), or too many users wait.
-   */
-  flushDue(uncommittedOffsets: boolean): boolean {
-    if (this.dirtyUsers >= this.config.flushMaxUsers) return true;
-    if (this.dirtyUsers === 0 && !uncommittedOffsets) return false;
-    return performance.now() - this.lastFlushMs >= this.flushIntervalMs();
-  }
-
-  private flushIntervalMs(): number {
-    return flushIntervalAfter(this.lastFlushDurationMs, this.config);
-  }
-
-  get pendingUsers(): number {
-    return this.dirtyUsers;
-  }
-
-  /** Solves and writes every changed state; after it resolves, Redis holds all applied events. */
-  async flush(): Promise<FlushOutcome> {
-    const startedMs = performance.now();
-    this.lastFlushMs = startedMs;
-    const dirty = [...this.entries].filter(([, entry]) => entry.dirty);
-    if (dirty.length === 0) {
-      this.lastFlushDurationMs = 0;
-      return { users: 0, applied: 0 };
-    }
-
-    let pending = new Map(dirty);
-    let applied = 0;
-    for (let attempt = 1; pending.size > 0; attempt++) {
-      if (attempt > MAX_WRITE_ATTEMPTS) {
-        const users = [...pending.keys()].join(', ');
-        throw new AffinityError('STATE_CONFLICT', `users still conflicting: ${users}`, {
-          retriable: true,
-        });
-      }
-      const { written, conflicts } = await this.writeOnce(pending);
-      applied += written;
-      pending = conflicts.size > 0 ? await this.reapply(conflicts) : conflicts;
-    }
-
-    this.afterFlush(dirty);
-    this.evictClean();
-    this.lastFlushDurationMs = performance.now() - startedMs;
-    return { users: dirty.length, applied };
-  }
-
-  /** Drops every held state (after a rebalance, the partitions held may have moved). */
-  clear(): void {
-    this.entries.clear();
-    this.dirtyUsers = 0;
   }
 
   private async hold(users: string[]): Promise<void> {
@@ -146,7 +286,7 @@ export class StateBuffer {
     const layout = this.layout();
     for (const [user, fields] of raw) {
       const state = this.decode(user, fields, layout);
-      this.entries.set(user, { state, buffered: [], applied: 0, dirty: false });
+      this.entries.set(user, { state, unconfirmed: [], applied: 0, dirty: false });
     }
   }
 
@@ -154,7 +294,8 @@ export class StateBuffer {
   private checkDimension(): void {
     const dim = this.cache.meta?.dim ?? -1;
     if (dim === this.layoutDim) return;
-    if (this.dirtyUsers > 0) {
+    const unconfirmed = [...this.entries.values()].some((entry) => entry.unconfirmed.length > 0);
+    if (unconfirmed) {
       throw new AffinityError('CATALOGUE_MISMATCH', 'catalogue dimension changed mid-flush', {
         retriable: true,
       });
@@ -163,48 +304,31 @@ export class StateBuffer {
     this.layoutDim = dim;
   }
 
-  private async writeOnce(pending: Map<string, Entry>) {
-    this.solveDuals(pending, await this.historyEmbeddings(pending));
-    const states = new Map([...pending].map(([user, entry]) => [user, entry.state]));
-
-    const stopTimer = this.metrics.redisWriteSeconds.startTimer();
-    const outcome = await this.store.writeMany(states, this.layout());
-    stopTimer();
-
-    let written = 0;
-    for (const user of outcome.written) written += pending.get(user)!.applied;
-    const conflicts = new Map(outcome.conflicts.map((user) => [user, pending.get(user)!]));
-    if (conflicts.size > 0) this.metrics.stateConflicts.inc(conflicts.size);
-    return { written, conflicts };
-  }
-
-  /** Re-reads the users whose write lost a race and applies their buffered events again. */
-  private async reapply(conflicts: Map<string, Entry>): Promise<Map<string, Entry>> {
-    const { raw } = await this.store.readRaw([...conflicts.keys()]);
+  /** Re-reads the users whose write lost a race and applies their unconfirmed events again. */
+  private async reapply(sent: SentWrite, users: readonly string[]): Promise<Map<string, Entry>> {
+    const { raw } = await this.store.readRaw(users);
     const layout = this.layout();
-    const byUser = new Map([...conflicts].map(([user, entry]) => [user, entry.buffered]));
+    const entries = new Map(users.map((user) => [user, sent.states.get(user)!.entry]));
+    const byUser = new Map([...entries].map(([user, entry]) => [user, entry.unconfirmed]));
     const embeddings = await this.cache.lookup(itemsOfBatch(byUser, new Map()));
     const context = this.updateContext(layout, embeddings);
 
-    for (const [user, entry] of conflicts) {
+    for (const [user, entry] of entries) {
       entry.state = this.decode(user, raw.get(user)!, layout);
-      entry.applied = applyEvents(entry.state, entry.buffered, context).applied;
+      entry.applied = applyEvents(entry.state, entry.unconfirmed, context).applied;
+      if (entry.dirty) this.dirtyUsers--;
+      entry.dirty = true;
+      this.dirtyUsers++;
     }
-    return conflicts;
+    return entries;
   }
 
-  private async historyEmbeddings(pending: Map<string, Entry>) {
-    if (!this.config.dual.enabled || !this.cache.currentGramian)
-      return new Map<string, Float32Array>();
-    const items = new Set<string>();
-    for (const entry of pending.values()) for (const h of entry.state.history) items.add(h.item);
-    return this.cache.lookup(items);
-  }
-
-  private solveDuals(pending: Map<string, Entry>, embeddings: Map<string, Float32Array>): void {
+  /** Re-solves the dual vector of every given state, once each however many events it had. */
+  private async solveDuals(entries: Map<string, Entry>): Promise<void> {
     const gramian = this.cache.currentGramian;
     if (!this.config.dual.enabled || !gramian) return;
 
+    const embeddings = await this.cache.lookup(historyItems(entries));
     const context = {
       params: this.config.dual,
       halfLifeMs: this.config.dual.halfLifeMs,
@@ -212,14 +336,27 @@ export class StateBuffer {
       signals: this.config.signals,
       embedding: (item: string) => embeddings.get(item),
     };
-    for (const entry of pending.values()) {
-      const started = performance.now();
-      const solution = refreshDual(entry.state, context);
-      this.metrics.dualSolveSeconds.observe((performance.now() - started) / 1_000);
-      this.metrics.dualSolves.inc();
-      this.metrics.dualIterations.observe(solution.iterations);
-      this.metrics.dualResidual.observe(solution.relativeResidual);
+    for (const [user, entry] of entries) this.solveDual(user, entry.state, context);
+  }
+
+  /**
+   * One user's solve. A solve that throws (a history the solver refuses) keeps the user's
+   * previous vector: one user's dual must not stop the stream for everyone.
+   */
+  private solveDual(user: string, state: UserState, context: DualContext): void {
+    const started = performance.now();
+    let solution: DualSolution;
+    try {
+      solution = refreshDual(state, context);
+    } catch (err) {
+      this.metrics.dualFailures.inc();
+      this.logger.error({ err, user }, 'dual solve failed; the previous vector is kept');
+      return;
     }
+    this.metrics.dualSolveSeconds.observe((performance.now() - started) / 1_000);
+    this.metrics.dualSolves.inc();
+    this.metrics.dualIterations.observe(solution.iterations);
+    this.metrics.dualResidual.observe(solution.relativeResidual);
   }
 
   /**
@@ -242,28 +379,12 @@ export class StateBuffer {
     return this.dualSolver;
   }
 
-  private afterFlush(flushed: [string, Entry][]): void {
-    const nowMs = Date.now();
-    let applied = 0;
-    for (const [, entry] of flushed) {
-      for (const { event } of entry.buffered) {
-        this.metrics.freshnessSeconds.observe(Math.max(0, nowMs - event.ts) / 1_000);
-      }
-      applied += entry.applied;
-      entry.buffered = [];
-      entry.applied = 0;
-      entry.dirty = false;
-    }
-    this.dirtyUsers = 0;
-    this.metrics.eventsApplied.inc(applied);
-  }
-
   /** Keeps at most AFFINITY_STATE_CACHE_USERS states, dropping the longest-held clean ones. */
   private evictClean(): void {
     let excess = this.entries.size - this.config.stateCacheUsers;
     for (const [user, entry] of this.entries) {
       if (excess <= 0) return;
-      if (entry.dirty) continue;
+      if (entry.dirty || entry.unconfirmed.length > 0) continue;
       this.entries.delete(user);
       excess--;
     }
@@ -350,6 +471,13 @@ function groupByUser(events: readonly SequencedEvent[]): Map<string, SequencedEv
     else byUser.set(sequenced.event.user, [sequenced]);
   }
   return byUser;
+}
+
+/** Items of the held histories, the inputs of the dual solves. */
+function historyItems(entries: Map<string, Entry>): Set<string> {
+  const items = new Set<string>();
+  for (const entry of entries.values()) for (const h of entry.state.history) items.add(h.item);
+  return items;
 }
 
 /** Items of the new events and of the users' waiting events. */

@@ -94,8 +94,10 @@ test('the Redis encoding round-trips every field', () => {
   };
 
   const fields: StateFields = {};
-  for (const [name, value] of encodeUserState(state, layout)) {
-    fields[name] = typeof value === 'string' ? Buffer.from(value) : value;
+  const encoded = encodeUserState(state, layout);
+  for (let i = 0; i < encoded.length; i += 2) {
+    const value = encoded[i + 1]!;
+    fields[String(encoded[i])] = typeof value === 'string' ? Buffer.from(value) : value;
   }
   assert.deepEqual(decodeUserState(fields, layout), state);
 });

@@ -7,6 +7,7 @@ import { decodeEvent } from '../../src/stream/decode.js';
 const NOW_MS = 1_700_000_000_000;
 const limits: DecodeLimits = {
   maxMessageBytes: 512,
+  maxEventValue: 1_000,
   maxEventAgeMs: 365 * 86_400_000,
   maxEventFutureMs: 3_600_000,
   signals: parseSignals(DEFAULT_SIGNALS_SPEC),
@@ -22,6 +23,7 @@ const good = { user: 'u1', item: 'i1', ts: NOW_MS - 1_000, type: 'like' };
 test('a valid event decodes with its optional fields', () => {
   const result = decode({ ...good, value: 2, id: 'e-1' });
   assert.deepEqual(result, { ok: true, event: { ...good, value: 2, id: 'e-1' } });
+  assert.equal(decode({ ...good, value: 1_000 }).ok, true, 'the limit itself is allowed');
 });
 
 test('each class of bad message is rejected with its reason', () => {
@@ -36,6 +38,8 @@ test('each class of bad message is rejected with its reason', () => {
     [{ ...good, type: 'teleport' }, 'unknown_type'],
     ['{"user":"u1","item":"i1","ts":1e999,"type":"like"}', 'non_finite'],
     [{ ...good, value: -1 }, 'invalid_value'],
+    [{ ...good, value: 1e308 }, 'invalid_value'],
+    [{ ...good, value: 1_000.5 }, 'invalid_value'],
     [{ ...good, ts: NOW_MS + 2 * 3_600_000 }, 'timestamp_out_of_range'],
     [{ ...good, ts: 0 }, 'timestamp_out_of_range'],
     [{ ...good, item: 'x'.repeat(600) }, 'too_large'],
