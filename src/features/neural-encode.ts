@@ -31,6 +31,11 @@ export class LoadedModel {
     return this.config.version;
   }
 
+  /** Whether the model has a type row for `type`; events of other types are never read. */
+  knowsType(type: string): boolean {
+    return this.typeIndex.has(type);
+  }
+
   /** The encoding of `history` (ascending by time), or the empty-history encoding. */
   encode(
     history: readonly TimedEvent[],

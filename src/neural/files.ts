@@ -24,7 +24,7 @@ export type ModelFileErrorCode =
   | 'MODEL_TENSOR_UNEXPECTED'
   /** A tensor's shape differs from what the config implies. */
   | 'MODEL_TENSOR_SHAPE'
-  /** The weights' metadata names another version than config.json. */
+  /** The weights' metadata names no version, or another version than config.json. */
   | 'MODEL_VERSION_MISMATCH'
   /** The file system refused; `cause` has the details. */
   | 'MODEL_IO';
@@ -94,19 +94,34 @@ export async function loadModel(
     throw new ModelFileError('MODEL_IO', weightsPath, reason, { cause });
   }
 
-  const version = content.metadata['version'];
-  if (version !== undefined && version !== config.version) {
-    throw new ModelFileError(
-      'MODEL_VERSION_MISMATCH',
-      weightsPath,
-      `weights are version "${version}" but ${CONFIG_FILE} says "${config.version}"`,
-    );
-  }
+  checkVersion(content.metadata['version'], config.version, weightsPath);
   checkTensors(config, content.tensors, weightsPath);
 
   const weights = {} as Record<TensorName, Tensor>;
   for (const name of TENSOR_NAMES) weights[name] = content.tensors.get(name)!;
   return { config, weights };
+}
+
+/**
+ * The weights must name the version of config.json. The check is what makes a folder caught
+ * mid-copy (new weights, old config or the reverse) refusable, so weights without a version are
+ * refused too: nothing would tell them apart from another model's.
+ */
+function checkVersion(weightsVersion: string | undefined, configVersion: string, file: string) {
+  if (weightsVersion === undefined) {
+    throw new ModelFileError(
+      'MODEL_VERSION_MISMATCH',
+      file,
+      `weights carry no "version" in their metadata; ${CONFIG_FILE} says "${configVersion}"`,
+    );
+  }
+  if (weightsVersion !== configVersion) {
+    throw new ModelFileError(
+      'MODEL_VERSION_MISMATCH',
+      file,
+      `weights are version "${weightsVersion}" but ${CONFIG_FILE} says "${configVersion}"`,
+    );
+  }
 }
 
 async function readText(path: string): Promise<string> {

@@ -13,8 +13,9 @@
  * logits and their two gradient products take 1.9 M multiply-adds per example, the encoder
  * about 0.2 M. Above that, sampled softmax with the log-Q correction of Yi et al. 2019 ("Sampling-
  * bias-corrected neural modeling for large corpus item recommendations", RecSys): each batch
- * scores its own targets plus `sampledNegatives` items drawn by popularity (training target
- * counts + 1), and every logit is lowered by the log of its item's sampling probability.
+ * scores its own targets plus `sampledNegatives` draws by popularity (training target counts
+ * + 1) with repeats removed, and every logit is lowered by the log of its item's probability of
+ * being in such a sample, 1 - (1 - q)^m for m draws (see logInclusionProbability).
  *
  * Split: chronological. Events at or after `testCutoffTs` are not read at all (a test period
  * the caller keeps); targets at or after the validation start are validation examples (their
@@ -183,10 +184,11 @@ interface Examples {
   readonly ts: Float64Array;
 }
 
-interface LossSetup {
+/** How a batch's candidates are chosen: the whole catalogue, or a popularity sample. */
+export interface LossSetup {
   readonly sampled: boolean;
-  /** log of each catalogue item's sampling probability; only when sampled. */
-  readonly logQ: Float64Array | null;
+  /** Each catalogue item's probability of being picked by one draw; only when sampled. */
+  readonly drawProbability: Float64Array | null;
   /** Cumulative sampling distribution over the catalogue; only when sampled. */
   readonly cumulative: Float64Array | null;
 }
@@ -524,20 +526,42 @@ function splitExamples(
 /** Full softmax for small catalogues; a popularity sampler (target counts + 1) for large ones. */
 function lossSetup(items: number, train: Examples, resolved: Resolved): LossSetup {
   if (items <= resolved.fullSoftmaxMaxItems)
-    return { sampled: false, logQ: null, cumulative: null };
+    return { sampled: false, drawProbability: null, cumulative: null };
 
   const counts = new Float64Array(items).fill(1);
   for (const item of train.target) counts[item]! += 1;
+  return popularitySampler(counts);
+}
+
+/** Draws item k with probability counts[k] / Σ counts. Exported for the tests. */
+export function popularitySampler(counts: Float64Array): LossSetup {
   const total = counts.reduce((sum, count) => sum + count, 0);
-  const logQ = new Float64Array(items);
-  const cumulative = new Float64Array(items);
+  const drawProbability = new Float64Array(counts.length);
+  const cumulative = new Float64Array(counts.length);
   let running = 0;
-  for (let k = 0; k < items; k++) {
-    logQ[k] = Math.log(counts[k]! / total);
+  for (let k = 0; k < counts.length; k++) {
+    drawProbability[k] = counts[k]! / total;
     running += counts[k]! / total;
     cumulative[k] = running;
   }
-  return { sampled: true, logQ, cumulative };
+  return { sampled: true, drawProbability, cumulative };
+}
+
+/**
+ * log P(item in the sample) for a sample of `draws` independent draws, each picking the item
+ * with probability q, repeats removed: log(1 - (1 - q)^draws). A sampled softmax approximates
+ * the full one when each sampled logit is lowered by the log of the rate at which the proposal
+ * offers that item (Bengio & Senécal 2008, "Adaptive importance sampling to accelerate training
+ * of a neural probabilistic language model", IEEE TNN 19(4)); Yi et al. 2019 lower it by log q,
+ * the rate of a single draw. For m draws with repeats removed the rate is the inclusion
+ * probability above. The two agree up to the constant log m (which the softmax cancels) while
+ * m·q is small, and part where it is not: at q = 0.01 and m = 2,048 the item is in the sample
+ * with probability 1 - 1e-9 while m·q is 20.5, so log q would lower its logit by log 20.5 ≈ 3
+ * more, relative to rarely drawn items, than its share of the samples calls for. Computed as
+ * log(-expm1(m·log1p(-q))) to keep its precision for tiny q.
+ */
+export function logInclusionProbability(q: number, draws: number): number {
+  return Math.log(-Math.expm1(draws * Math.log1p(-q)));
 }
 
 /** An item drawn from the cumulative distribution (binary search). */
@@ -552,13 +576,18 @@ function drawItem(cumulative: Float64Array, u: number): number {
   return low;
 }
 
-/** Candidate items of a batch: all items, or its targets plus popularity samples (distinct). */
-function batchCandidates(
+/**
+ * Candidate items of a batch: all items, or its targets plus `samples` popularity draws, repeats
+ * removed, each with the log of its probability of being in such a sample (see
+ * logInclusionProbability; targets get the same correction as drawn items, as in TensorFlow's
+ * sampled softmax). Exported for the tests.
+ */
+export function batchCandidates(
   items: number,
   targets: Int32Array,
   setup: LossSetup,
   samples: number,
-  random: { next(): number } | null,
+  random: { next(): number },
 ): { items: Int32Array; logQ: Float64Array | null; targetColumns: Int32Array } {
   if (!setup.sampled) {
     return { items: allItems(items), logQ: null, targetColumns: targets };
@@ -576,11 +605,13 @@ function batchCandidates(
     return at;
   };
   const targetColumns = Int32Array.from(targets, add);
-  for (let s = 0; s < samples && random !== null; s++)
-    add(drawItem(setup.cumulative!, random.next()));
+  for (let s = 0; s < samples; s++) add(drawItem(setup.cumulative!, random.next()));
 
   const candidateItems = Int32Array.from(chosen);
-  const logQ = Float64Array.from(candidateItems, (item) => setup.logQ![item]!);
+  const q = setup.drawProbability!;
+  const logQ = Float64Array.from(candidateItems, (item) =>
+    logInclusionProbability(q[item]!, samples),
+  );
   return { items: candidateItems, logQ, targetColumns };
 }
 

@@ -188,8 +188,9 @@ class ReplayRun {
   private encoding(state: UserState | null): Float32Array | null {
     const model = this.model.neural;
     if (!model || !state) return null;
-    const newest = state.history.slice(-model.config.historyLength);
-    return model.encode(newest, this.model.catalogue.embedding);
+    // The whole history: encode reads the last N events it can read, as the neural worker's
+    // stored history holds them; cutting N events first would leave fewer when some cannot be read.
+    return model.encode(state.history, this.model.catalogue.embedding);
   }
 
   private neuralInputs(encoding: Float32Array | null, item: string): NeuralInputs | null {

@@ -26,13 +26,15 @@ export interface FeatureResponse {
   readonly items: { item: string; features: FeatureValues }[];
 }
 
-/** Supplies method 3's inputs; see neural/scorer.ts. */
+/** Supplies method 3's inputs; see reader/neural-source.ts. */
 export interface NeuralSource {
   inputs(
     user: string,
     items: readonly string[],
     embeddings: Map<string, Float32Array>,
   ): Promise<NeuralInputs[]>;
+  /** Items whose embedding changed (null: possibly all): drop what was derived from them. */
+  invalidate(changed: string[] | null): void;
 }
 
 export interface FeatureReaderOptions {
@@ -60,6 +62,10 @@ export class FeatureReader {
       this.noCounters,
       false,
     );
+    // Item vectors are cached per model version from the embeddings; an updated embedding
+    // must reach them too, as in the neural worker.
+    const neural = options.neural;
+    if (neural) this.cache.onChange((changed) => neural.invalidate(changed));
   }
 
   /**
@@ -70,12 +76,12 @@ export class FeatureReader {
     const redis = new Redis(config.redisUrl, { maxRetriesPerRequest: 3 });
     const keys = { prefix: config.keyPrefix };
     const neural = config.neuralModelDir
-      ? new RedisNeuralSource(
+      ? new RedisNeuralSource({
           redis,
           keys,
-          new ModelHolder(config.neuralModelDir, logger),
-          config.neuralModelPollMs,
-        )
+          models: new ModelHolder(config.neuralModelDir, logger),
+          pollMs: config.neuralModelPollMs,
+        })
       : null;
     return new FeatureReader({
       redis,

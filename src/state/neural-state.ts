@@ -1,9 +1,9 @@
 /**
- * The neural worker's per-user state: the encoder's input (the newest N events) and the
- * encoding one model version made from it, with the offsets it reflects. It lives in its own
- * hash (`P u:{<user>}:neural`, docs/redis-layout.md) because the neural worker is its own
- * consumer group with its own offsets; the same hash tag as the user's main state keeps it in
- * the same Redis Cluster slot.
+ * The neural worker's per-user state: the encoder's input (the newest events, back to the N-th
+ * one the encoder can read; see EncoderWindow) and the encoding one model version made from
+ * it, with the offsets it reflects. It lives in its own hash (`P u:{<user>}:neural`,
+ * docs/redis-layout.md) because the neural worker is its own consumer group with its own
+ * offsets; the same hash tag as the user's main state keeps it in the same Redis Cluster slot.
  */
 import type { Redis } from 'ioredis';
 import { decodeFloat32LE, float32Bytes } from '../encoding/float32.js';
@@ -28,13 +28,35 @@ export function emptyNeuralState(): NeuralUserState {
 }
 
 /**
- * Adds the events not applied yet (by offset) to the history, keeping the newest `max` by
- * (ts, item, type) whatever the arrival order. Returns how many were new.
+ * Which events the encoder reads, so that the stored history can hold N of them. Training
+ * (src/neural/train.ts, `buildLog`) drops events whose type the model lacks or whose item is
+ * not in the catalogue and then takes the last N; serving must store enough to do the same.
+ */
+export interface EncoderWindow {
+  /** N, the events one encoding reads. */
+  readonly length: number;
+  /** Whether an event is stored at all: its type is one the model has a row for. */
+  keeps(entry: HistoryEntry): boolean;
+  /** Whether a stored event is read now: its item has an embedding. */
+  reads(entry: HistoryEntry): boolean;
+}
+
+/**
+ * Events whose item has no embedding yet are stored (the embedding often arrives after the
+ * item's first events) but do not count towards N; this bounds the history at this many times
+ * N in all, so that a user of items without embeddings cannot grow the hash without limit.
+ */
+export const STORED_HISTORY_FACTOR = 2;
+
+/**
+ * Adds the events not applied yet (by offset) and of a type the model knows to the history,
+ * in (ts, item, type) order whatever the arrival order, and trims it to the newest events back
+ * to the N-th one the encoder reads (see EncoderWindow). Returns how many were added.
  */
 export function applyNeuralEvents(
   state: NeuralUserState,
   events: readonly SequencedEvent[],
-  max: number,
+  window: EncoderWindow,
 ): number {
   let applied = 0;
   for (const { event, position } of events) {
@@ -43,12 +65,26 @@ export function applyNeuralEvents(
       if (last !== undefined && position.offset <= last) continue;
       state.offsets.set(position.partition, position.offset);
     }
-    state.history.push({ item: event.item, ts: event.ts, type: event.type });
+    const entry = { item: event.item, ts: event.ts, type: event.type };
+    if (!window.keeps(entry)) continue;
+    state.history.push(entry);
     applied++;
   }
   state.history.sort(compareHistory);
-  if (state.history.length > max) state.history.splice(0, state.history.length - max);
+  trimHistory(state.history, window);
   return applied;
+}
+
+/** Drops the events older than the window's N-th read one, and any beyond the hard bound. */
+function trimHistory(history: HistoryEntry[], window: EncoderWindow): void {
+  const floor = Math.max(0, history.length - STORED_HISTORY_FACTOR * window.length);
+  let start = history.length;
+  let read = 0;
+  while (start > floor && read < window.length) {
+    start--;
+    if (window.reads(history[start]!)) read++;
+  }
+  history.splice(0, start);
 }
 
 const WRITE_LUA = `

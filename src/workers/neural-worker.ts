@@ -4,7 +4,10 @@
  * that user's encoding once with the model in use, and writes encoding, model version and
  * applied offsets in one atomic step (the same optimistic-revision script as the main state),
  * before committing the batch's offsets. A new model version in AFFINITY_NEURAL_MODEL_DIR is
- * picked up between batches; each encoding carries the version that made it.
+ * looked for every AFFINITY_NEURAL_MODEL_POLL, also while no events arrive, and picked up
+ * between batches (polls and batches run one at a time); each encoding carries the version that
+ * made it. A model that does not fit the catalogue is refused and the one in use stays (see
+ * ModelHolder); at start-up, no usable model is an error.
  *
  * Messages that fail validation are skipped here and counted: the main worker, reading the
  * same topic, is the one that dead-letters them, so each bad message is reported once.
@@ -18,8 +21,9 @@ import type { Config } from '../config/config.js';
 import { AffinityError } from '../errors.js';
 import { EmbeddingCache } from '../items/cache.js';
 import { ItemStore } from '../items/store.js';
+import type { LoadedModel } from '../features/neural-encode.js';
 import type { Logger } from '../ops/logger.js';
-import type { NeuralUserState } from '../state/neural-state.js';
+import type { EncoderWindow, NeuralUserState } from '../state/neural-state.js';
 import { NeuralStateStore, applyNeuralEvents } from '../state/neural-state.js';
 import type { SequencedEvent } from '../state/user-state.js';
 import { decodeEvent } from '../stream/decode.js';
@@ -41,11 +45,12 @@ export class NeuralMetrics {
   readonly modelInUse: Gauge<'version'>;
   readonly consumerLag: Gauge<'topic' | 'partition'>;
   readonly skipped: Counter<'reason'>;
+  readonly modelsRefused: Counter<'reason'>;
 
   constructor(registry: Registry) {
     this.encodings = new Counter({
       name: 'affinity_neural_encodings_total',
-      help: 'User encodings computed and written',
+      help: 'User encodings written (one redone after a lost write race counts once)',
       registers: [registry],
     });
     this.encodingSeconds = new Histogram({
@@ -72,6 +77,12 @@ export class NeuralMetrics {
       labelNames: ['reason'],
       registers: [registry],
     });
+    this.modelsRefused = new Counter({
+      name: 'affinity_neural_models_refused_total',
+      help: 'Model versions refused because they do not fit the catalogue, by reason',
+      labelNames: ['reason'],
+      registers: [registry],
+    });
   }
 }
 
@@ -85,6 +96,9 @@ export class NeuralWorker {
   private joined = false;
   private closing: Promise<void> | null = null;
   private lastPollMs = 0;
+  private pollTimer: NodeJS.Timeout | null = null;
+  /** The tail of the chain that runs batches and timer polls one at a time. */
+  private serial: Promise<void> = Promise.resolve();
 
   constructor(
     private readonly config: Config,
@@ -112,7 +126,9 @@ export class NeuralWorker {
       noCounters,
       false,
     );
-    this.models = new ModelHolder(config.neuralModelDir, logger);
+    this.models = new ModelHolder(config.neuralModelDir, logger, {
+      onRefused: (reason) => this.metrics.modelsRefused.inc({ reason }),
+    });
     this.cache.onChange((changed) => this.models.invalidate(changed));
   }
 
@@ -122,13 +138,10 @@ export class NeuralWorker {
 
   async start(): Promise<void> {
     await this.redis.connect();
+    await this.syncCatalogue();
     await this.pollModel(true);
-    if (!this.models.current) {
-      throw new AffinityError(
-        'CONFIG_INVALID',
-        `no loadable model in ${this.config.neuralModelDir}`,
-      );
-    }
+    this.models.requireCurrent();
+
     this.consumer.on(this.consumer.events.GROUP_JOIN, () => {
       this.joined = true;
       this.logger.info({ groupId: this.config.neuralGroupId }, 'neural consumer joined group');
@@ -138,17 +151,44 @@ export class NeuralWorker {
     await this.consumer.run({
       autoCommit: true,
       eachBatchAutoResolve: false,
-      eachBatch: (payload) => this.handleBatch(payload),
+      eachBatch: (payload) => this.exclusive(() => this.handleBatch(payload)),
     });
+    this.schedulePoll();
+  }
+
+  /**
+   * Runs `task` after every batch or poll queued before it. kafkajs hands one batch at a time
+   * (partitionsConsumedConcurrently 1), so this orders the timer's polls against batches: a
+   * model never changes in the middle of a batch.
+   */
+  private exclusive(task: () => Promise<void>): Promise<void> {
+    const run = this.serial.then(task);
+    this.serial = run.catch(() => undefined);
+    return run;
+  }
+
+  /** Polls for a new model on a timer too, so an idle worker picks it up. */
+  private schedulePoll(): void {
+    this.pollTimer = setTimeout(() => {
+      this.exclusive(async () => {
+        await this.syncCatalogue();
+        await this.pollModel();
+      })
+        .catch((err: unknown) => this.logger.warn({ err }, 'neural model poll failed'))
+        .finally(() => {
+          if (this.closing === null) this.schedulePoll();
+        });
+    }, this.config.neuralModelPollMs);
+    this.pollTimer.unref();
   }
 
   private async pollModel(force = false): Promise<void> {
     const nowMs = performance.now();
     if (!force && nowMs - this.lastPollMs < this.config.neuralModelPollMs) return;
     this.lastPollMs = nowMs;
-    if (await this.models.refresh()) {
+    if (await this.models.refresh(this.cache.meta)) {
       this.metrics.modelInUse.reset();
-      this.metrics.modelInUse.set({ version: this.models.current!.version }, 1);
+      this.metrics.modelInUse.set({ version: this.models.requireCurrent().version }, 1);
     }
   }
 
@@ -156,10 +196,11 @@ export class NeuralWorker {
     const { batch } = payload;
     const last = batch.messages[batch.messages.length - 1];
     if (!last || !payload.isRunning() || payload.isStale()) return;
+    await this.syncCatalogue();
     await this.pollModel();
 
     const byUser = this.decodeBatch(payload);
-    await this.encodeAndWrite(byUser);
+    await this.encodeAndWrite(byUser, this.models.requireCurrent());
 
     payload.resolveOffset(last.offset);
     await payload.commitOffsetsIfNecessary();
@@ -189,10 +230,14 @@ export class NeuralWorker {
   }
 
   /**
-   * Applies, encodes once per user and writes; users that lost a race are redone. Returns how
-   * many encodings were written (users with no new event and the current model are left alone).
+   * Applies, encodes once per user with `model` and writes; users that lost a race are redone.
+   * Returns how many encodings were written (users with no new event and already encoded by
+   * `model` are left alone).
    */
-  private async encodeAndWrite(byUser: Map<string, SequencedEvent[]>): Promise<number> {
+  private async encodeAndWrite(
+    byUser: Map<string, SequencedEvent[]>,
+    model: LoadedModel,
+  ): Promise<number> {
     let written = 0;
     let users = [...byUser.keys()];
     for (let attempt = 1; users.length > 0; attempt++) {
@@ -202,55 +247,60 @@ export class NeuralWorker {
         });
       }
       const states = await this.store.loadMany(users);
-      const changed = new Map<string, NeuralUserState>();
-      for (const [user, state] of states) {
-        const applied = applyNeuralEvents(state, byUser.get(user)!, this.historyLength());
-        if (applied > 0 || state.model !== this.models.current!.version) changed.set(user, state);
-      }
-      await this.encodeAll(changed);
+      const embeddings = await this.embeddingsFor(states.values(), byUser.values());
+      const changed = applyAll(states, byUser, model, embeddings);
+      this.encodeAll(changed, model, embeddings);
+
       users = await this.store.writeMany(changed);
-      written += changed.size - users.length;
+      const count = changed.size - users.length;
+      written += count;
+      this.metrics.encodings.inc(count);
     }
     return written;
   }
 
-  /** Recomputes the encodings of `states` with the current model, in place. */
-  async encodeAll(states: Map<string, NeuralUserState>): Promise<void> {
-    const model = this.models.current!;
-    const meta = await this.syncCatalogue();
+  /** The embeddings of every item in the states' histories and in the new events. */
+  private async embeddingsFor(
+    states: Iterable<NeuralUserState>,
+    events: Iterable<readonly SequencedEvent[]>,
+  ): Promise<Map<string, Float32Array>> {
+    if (!this.cache.meta) return new Map();
     const items = new Set<string>();
-    for (const state of states.values()) for (const entry of state.history) items.add(entry.item);
-    const embeddings = meta ? await this.cache.lookup(items) : new Map<string, Float32Array>();
+    for (const state of states) for (const entry of state.history) items.add(entry.item);
+    for (const list of events) for (const { event } of list) items.add(event.item);
+    return this.cache.lookup(items);
+  }
 
+  /** Recomputes the encodings of `states` with `model`, in place. */
+  private encodeAll(
+    states: Map<string, NeuralUserState>,
+    model: LoadedModel,
+    embeddings: Map<string, Float32Array>,
+  ): void {
     for (const state of states.values()) {
       const started = performance.now();
       state.encoding = model.encode(state.history, (item) => embeddings.get(item));
       state.model = model.version;
       this.metrics.encodingSeconds.observe((performance.now() - started) / 1_000);
-      this.metrics.encodings.inc();
     }
   }
 
-  private async syncCatalogue() {
-    await this.cache.sync(
-      await new ItemStore(this.redis, { prefix: this.config.keyPrefix }).readVersion(),
-    );
-    return this.cache.meta;
-  }
-
-  private historyLength(): number {
-    return this.models.current!.config.historyLength;
+  private async syncCatalogue(): Promise<void> {
+    const items = new ItemStore(this.redis, { prefix: this.config.keyPrefix });
+    await this.cache.sync(await items.readVersion());
   }
 
   /** `affinity neural reencode`: every stored encoding not made by the current model, redone. */
   async reencodeAll(): Promise<ReencodeSummary> {
     if (this.redis.status === 'wait') await this.redis.connect();
+    await this.syncCatalogue();
     await this.pollModel(true);
+    const model = this.models.requireCurrent();
 
     const summary = { usersChecked: 0, encodingsWritten: 0 };
     for await (const users of this.store.users()) {
       const byUser = new Map(users.map((user) => [user, [] as SequencedEvent[]]));
-      summary.encodingsWritten += await this.encodeAndWrite(byUser);
+      summary.encodingsWritten += await this.encodeAndWrite(byUser, model);
       summary.usersChecked += users.length;
     }
     return summary;
@@ -262,8 +312,10 @@ export class NeuralWorker {
   }
 
   private async closeAll(): Promise<void> {
+    if (this.pollTimer) clearTimeout(this.pollTimer);
     for (const [name, step] of [
       ['consumer', () => this.consumer.disconnect()],
+      ['pending poll', () => this.serial],
       ['redis', () => this.redis.quit()],
     ] as const) {
       try {
@@ -273,4 +325,24 @@ export class NeuralWorker {
       }
     }
   }
+}
+
+/** Adds each user's events; returns the states to encode (new events, or another model's). */
+function applyAll(
+  states: Map<string, NeuralUserState>,
+  byUser: Map<string, SequencedEvent[]>,
+  model: LoadedModel,
+  embeddings: Map<string, Float32Array>,
+): Map<string, NeuralUserState> {
+  const window: EncoderWindow = {
+    length: model.config.historyLength,
+    keeps: (entry) => model.knowsType(entry.type),
+    reads: (entry) => model.knowsType(entry.type) && embeddings.has(entry.item),
+  };
+  const changed = new Map<string, NeuralUserState>();
+  for (const [user, state] of states) {
+    const applied = applyNeuralEvents(state, byUser.get(user)!, window);
+    if (applied > 0 || state.model !== model.version) changed.set(user, state);
+  }
+  return changed;
 }

@@ -126,7 +126,7 @@ test('loadModel rejects a tensor whose shape does not fit the config, naming it'
   await assert.rejects(loadModel(dir), rejectsWith('MODEL_TENSOR_SHAPE', /token\.proj\.weight/));
 });
 
-test('loadModel rejects missing and unknown tensors, a version mismatch, a bad config', async (t) => {
+test('loadModel rejects missing and unknown tensors, a missing or other version, a bad config', async (t) => {
   const dir = await temporaryDir(t);
   const weights = initWeights(config, 3);
   await saveModel(dir, config, weights);
@@ -144,6 +144,9 @@ test('loadModel rejects missing and unknown tensors, a version mismatch, a bad c
 
   await writeSafetensors(join(dir, WEIGHTS_FILE), all(), { version: 'other' });
   await assert.rejects(loadModel(dir), rejectsWith('MODEL_VERSION_MISMATCH', /"other"/));
+  // Without a version the weights cannot be told from another model's: refused as well.
+  await writeSafetensors(join(dir, WEIGHTS_FILE), all(), { format: 'pt' });
+  await assert.rejects(loadModel(dir), rejectsWith('MODEL_VERSION_MISMATCH', /no "version"/));
 
   await writeSafetensors(join(dir, WEIGHTS_FILE), all(), { version: config.version });
   await writeFile(join(dir, CONFIG_FILE), JSON.stringify({ ...config, heads: 3 }));

@@ -26,6 +26,7 @@ import {
   zerosLike,
 } from '../../src/neural/backward.js';
 import type { HistoryEvent, NeuralConfig, NeuralWeights } from '../../src/neural/model.js';
+import { batchCandidates, popularitySampler } from '../../src/neural/train.js';
 import {
   TENSOR_NAMES,
   ageBucket,
@@ -134,13 +135,29 @@ test('gradients match central differences for every entry of every tensor (full 
   checkAllGradients(config, FULL_SOFTMAX);
 });
 
+/**
+ * Candidates as training builds them: the batch's targets plus 3 popularity draws (repeats
+ * removed) with their log inclusion probabilities, so the check runs on the sampler's own
+ * corrections. With this seed the draws bring in items 0 and 5 and leave item 2 out.
+ */
+function drawnCandidates(): Candidates {
+  const setup = popularitySampler(Float64Array.from([1, 2, 4, 3, 20, 1]));
+  const targets = Int32Array.from([4, 1, 3, 4, 1]);
+  const drawn = batchCandidates(6, targets, setup, 3, createRandom(7));
+  assert.ok(drawn.items.length < 6, 'a sample, not the whole catalogue');
+  assert.ok(drawn.logQ !== null && drawn.logQ.every((x) => x < 0 && Number.isFinite(x)));
+  return drawn;
+}
+
 test('gradients match central differences with sampled candidates and log-Q correction', () => {
   checkAllGradients(config, SAMPLED);
+  checkAllGradients(config, drawnCandidates());
 });
 
 test('gradients match central differences with D = 6, H = 3 (kernel remainders)', () => {
   checkAllGradients(wideConfig, FULL_SOFTMAX);
   checkAllGradients(wideConfig, SAMPLED);
+  checkAllGradients(wideConfig, drawnCandidates());
 });
 
 /**
