@@ -1,11 +1,12 @@
 /**
  * The offline subcommands: `backfill` (point-in-time features for request rows) and
  * `evaluate` (which method helps, on a chronological split). Both read the same AFFINITY_*
- * configuration as the workers; flags override the method parameters for one run.
+ * configuration as the workers; flags override the method parameters for one run. Each takes
+ * `--help`; a malformed command line is a USAGE error (main.ts prints it and exits 2).
  */
 import { parseArgs } from 'node:util';
 import { loadConfig } from '../config/config.js';
-import { parseDurationMs } from '../config/duration.js';
+import { formatDuration, parseDurationMs } from '../config/duration.js';
 import { AffinityError } from '../errors.js';
 import type { CatalogueFormat } from '../items/loaders.js';
 import { parseSignalMap } from '../neural/events.js';
@@ -13,6 +14,8 @@ import type { BadRow } from '../neural/events.js';
 import { runBackfill } from '../offline/backfill.js';
 import { runEvaluation } from '../offline/evaluate.js';
 import type { EvaluationProgress } from '../offline/evaluate.js';
+import type { NegativeExclusion } from '../offline/queries.js';
+import { DEFAULT_EXCLUSION } from '../offline/queries.js';
 import type { MethodOverrides } from '../offline/settings.js';
 import { methodSettings } from '../offline/settings.js';
 import { extraCommands } from './extra-commands.js';
@@ -22,29 +25,64 @@ const COMMON_USAGE = `        [--signal-map SPEC|FILE.json] [--center] [--no-nor
         [--history-half-life 30d] [--thresholds 0,0.4] [--dual-a0 X] [--dual-lambda X]
         [--dual-nu X] [--dual-half-life 365d] [--no-dual]`;
 
-extraCommands.push(
-  {
-    name: 'backfill',
-    usage: `  backfill --events FILE --items PATH --requests FILE --out FILE.jsonl|FILE.csv
+/** What `--help` and a usage error print for one subcommand. */
+interface CommandText {
+  readonly name: string;
+  /** The synopsis, as the command list in main.ts shows it. */
+  readonly usage: string;
+  /** What `--help` adds: defaults and where the details are. */
+  readonly details: string;
+}
+
+const BACKFILL: CommandText = {
+  name: 'backfill',
+  usage: `  backfill --events FILE --items PATH --requests FILE --out FILE.jsonl|FILE.csv
         --timestamps s|ms [--request-timestamps s|ms] [--model DIR]
 ${COMMON_USAGE}
                                   point-in-time features for request rows user_id,item_id,timestamp[,label]`,
-    run: runBackfillCommand,
-  },
-  {
-    name: 'evaluate',
-    usage: `  evaluate --events FILE --items PATH --out DIR --timestamps s|ms [--model DIR]
-        [--negatives popularity|uniform|log] [--negatives-per-positive N] [--seed N]
-        [--max-queries N] [--bootstrap N] [--no-sweep] [--train-model DIR [--model-epochs N]]
+  details: `--request-timestamps defaults to --timestamps. The method parameters default to the
+AFFINITY_* configuration (docs/configuration.md); docs/evaluation.md, "Backfill", has the rest.`,
+};
+
+const EVALUATE_DEFAULTS = {
+  negatives: 'popularity',
+  negativesPerPositive: '100',
+  seed: '1',
+  maxQueries: '3000',
+  bootstrap: '1000',
+} as const;
+
+const EVALUATE: CommandText = {
+  name: 'evaluate',
+  usage: `  evaluate --events FILE --items PATH --out DIR --timestamps s|ms [--model DIR]
+        [--negatives popularity|uniform|log] [--exclude point-in-time|whole-log]
+        [--exclude-window 1d] [--negatives-per-positive N] [--seed N] [--max-queries N]
+        [--bootstrap N] [--no-sweep] [--train-model DIR [--model-epochs N]]
 ${COMMON_USAGE}
                                   chronological evaluation of every method (raw and centred
                                   embeddings both, so --center is not needed); writes
                                   report.md, report.svg and report.json to DIR`,
-    run: runEvaluateCommand,
-  },
+  details: [
+    `Defaults: --negatives ${EVALUATE_DEFAULTS.negatives} --exclude ${DEFAULT_EXCLUSION.rule}` +
+      ` --exclude-window ${formatDuration(DEFAULT_EXCLUSION.windowMs)}`,
+    `  --negatives-per-positive ${EVALUATE_DEFAULTS.negativesPerPositive}` +
+      ` --seed ${EVALUATE_DEFAULTS.seed} --max-queries ${EVALUATE_DEFAULTS.maxQueries}` +
+      ` --bootstrap ${EVALUATE_DEFAULTS.bootstrap}`,
+    'The sweeps run unless --no-sweep.',
+    '--exclude point-in-time keeps out of the sampled negatives the items the user rated',
+    'before the query or up to --exclude-window after it; whole-log, every item the user rated',
+    'anywhere in the log (it reads the future). The method parameters default to the',
+    'AFFINITY_* configuration (docs/configuration.md); docs/evaluation.md has the protocol.',
+  ].join('\n'),
+};
+
+extraCommands.push(
+  { name: BACKFILL.name, usage: BACKFILL.usage, run: runBackfillCommand },
+  { name: EVALUATE.name, usage: EVALUATE.usage, run: runEvaluateCommand },
 );
 
 const COMMON_OPTIONS = {
+  help: { type: 'boolean', short: 'h', default: false },
   events: { type: 'string' },
   items: { type: 'string' },
   out: { type: 'string' },
@@ -74,16 +112,19 @@ type CommonValues = {
 };
 
 async function runBackfillCommand(args: readonly string[]): Promise<number> {
-  const { values } = parseArgs({
-    args: [...args],
-    options: {
-      ...COMMON_OPTIONS,
-      requests: { type: 'string' },
-      'request-timestamps': { type: 'string' },
-    },
-  });
+  const { values } = parsedOrUsage(BACKFILL, () =>
+    parseArgs({
+      args: [...args],
+      options: {
+        ...COMMON_OPTIONS,
+        requests: { type: 'string' },
+        'request-timestamps': { type: 'string' },
+      },
+    }),
+  );
+  if (values.help) return printHelp(BACKFILL);
   if (!values.events || !values.items || !values.requests || !values.out)
-    throw usage('backfill needs --events, --items, --requests and --out');
+    throw commandUsage(BACKFILL, 'needs --events, --items, --requests and --out');
 
   const summary = await runBackfill({
     events: eventsInput(values),
@@ -107,24 +148,32 @@ async function runBackfillCommand(args: readonly string[]): Promise<number> {
 }
 
 async function runEvaluateCommand(args: readonly string[]): Promise<number> {
-  const { values } = parseArgs({
-    args: [...args],
-    options: {
-      ...COMMON_OPTIONS,
-      negatives: { type: 'string', default: 'popularity' },
-      'negatives-per-positive': { type: 'string', default: '100' },
-      seed: { type: 'string', default: '1' },
-      'max-queries': { type: 'string', default: '3000' },
-      bootstrap: { type: 'string', default: '1000' },
-      'no-sweep': { type: 'boolean', default: false },
-      'train-model': { type: 'string' },
-      'model-epochs': { type: 'string' },
-    },
-  });
+  const { values } = parsedOrUsage(EVALUATE, () =>
+    parseArgs({
+      args: [...args],
+      options: {
+        ...COMMON_OPTIONS,
+        negatives: { type: 'string', default: EVALUATE_DEFAULTS.negatives },
+        exclude: { type: 'string', default: DEFAULT_EXCLUSION.rule },
+        'exclude-window': { type: 'string' },
+        'negatives-per-positive': {
+          type: 'string',
+          default: EVALUATE_DEFAULTS.negativesPerPositive,
+        },
+        seed: { type: 'string', default: EVALUATE_DEFAULTS.seed },
+        'max-queries': { type: 'string', default: EVALUATE_DEFAULTS.maxQueries },
+        bootstrap: { type: 'string', default: EVALUATE_DEFAULTS.bootstrap },
+        'no-sweep': { type: 'boolean', default: false },
+        'train-model': { type: 'string' },
+        'model-epochs': { type: 'string' },
+      },
+    }),
+  );
+  if (values.help) return printHelp(EVALUATE);
   if (!values.events || !values.items || !values.out)
-    throw usage('evaluate needs --events, --items and --out');
+    throw commandUsage(EVALUATE, 'needs --events, --items and --out');
   if (values.model !== undefined && values['train-model'] !== undefined)
-    throw usage('evaluate takes --model or --train-model, not both');
+    throw commandUsage(EVALUATE, 'takes --model or --train-model, not both');
 
   const negatives = values.negatives;
   if (negatives !== 'popularity' && negatives !== 'uniform' && negatives !== 'log')
@@ -141,6 +190,7 @@ async function runEvaluateCommand(args: readonly string[]): Promise<number> {
     ),
     settings: methodSettings(loadConfig(), overrides(values)),
     negatives,
+    exclusion: exclusionOf(values.exclude, values['exclude-window']),
     negativesPerPositive: integer('--negatives-per-positive', values['negatives-per-positive'], 1),
     seed: integer('--seed', values.seed, 0),
     maxQueriesPerPeriod: integer('--max-queries', values['max-queries'], 1),
@@ -151,6 +201,49 @@ async function runEvaluateCommand(args: readonly string[]): Promise<number> {
   });
   console.log(JSON.stringify(result));
   return 0;
+}
+
+/**
+ * The result of `parse` (a `parseArgs` call). Node reports a bad command line (an unknown
+ * option, a missing value) as a TypeError with an ERR_PARSE_ARGS_* code; it becomes a USAGE
+ * error with the command's usage, which main.ts prints without a stack trace, exiting 2.
+ */
+function parsedOrUsage<T>(command: CommandText, parse: () => T): T {
+  try {
+    return parse();
+  } catch (err) {
+    if (isParseArgsError(err)) throw commandUsage(command, err.message);
+    throw err;
+  }
+}
+
+function isParseArgsError(err: unknown): err is Error & { code: string } {
+  const code = (err as { code?: unknown } | null)?.code;
+  return err instanceof TypeError && typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS_');
+}
+
+function printHelp(command: CommandText): number {
+  console.log(`usage: affinity ${command.usage.trimStart()}\n\n${command.details}`);
+  return 0;
+}
+
+function commandUsage(command: CommandText, message: string): AffinityError {
+  return new AffinityError(
+    'USAGE',
+    `${command.name}: ${message}\n\nusage: affinity ${command.usage.trimStart()}\n` +
+      `(affinity ${command.name} --help for the defaults)`,
+  );
+}
+
+/** `--exclude` and `--exclude-window` as the query builder's rule. */
+function exclusionOf(rule: string | undefined, window: string | undefined): NegativeExclusion {
+  if (rule !== 'point-in-time' && rule !== 'whole-log')
+    throw usage('--exclude must be point-in-time or whole-log');
+  if (rule === 'whole-log' && window !== undefined)
+    throw usage('--exclude-window applies to --exclude point-in-time only');
+  const windowMs =
+    window === undefined ? DEFAULT_EXCLUSION.windowMs : duration('--exclude-window', window);
+  return { rule, windowMs };
 }
 
 function eventsInput(values: CommonValues & { events?: string }) {

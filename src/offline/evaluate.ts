@@ -3,7 +3,9 @@
  *
  *   1. Read the log and the catalogue twice transformed (raw and mean-centred); split the log by
  *      global time into train, validation and test; build the ranking queries of validation and
- *      test (queries.ts) and their baseline features.
+ *      test (queries.ts) and their baseline features. A given model (`modelDir`) is loaded and
+ *      checked here, against the catalogue and the split, before the first replay: a wrong
+ *      path or a leaking model fails in seconds, not after the sweeps.
  *   2. On validation only: choose raw or centred (cross-validated ranker on baseline + agg +
  *      dual; a given model fixes it to its own), then sweep the method parameters (sweep.ts).
  *      With `trainModelDir`, train the neural model on the events before validation starts.
@@ -22,7 +24,8 @@ import { performance } from 'node:perf_hooks';
 import { AffinityError } from '../errors.js';
 import type { InteractionEvent } from '../events/types.js';
 import type { LoadedModel } from '../features/neural-encode.js';
-import { loadModel, saveModel } from '../neural/files.js';
+import { saveModel } from '../neural/files.js';
+import type { NeuralConfig } from '../neural/model.js';
 import { trainModel } from '../neural/train.js';
 import type {
   MetricIntervals,
@@ -48,8 +51,8 @@ import { FeatureTable } from './feature-table.js';
 import type { EventsInput, EventsReport } from './inputs.js';
 import { readOfflineEvents } from './inputs.js';
 import type { BootstrapOptions } from './metrics.js';
-import { loadOfflineModel } from './neural.js';
-import type { LogIndex, NegativeMode, PeriodQueries, Split } from './queries.js';
+import { loadOfflineModel, modelForCatalogue, readOfflineModel } from './neural.js';
+import type { LogIndex, NegativeExclusion, NegativeMode, PeriodQueries, Split } from './queries.js';
 import {
   BASELINE_FEATURES,
   baselineFeatures,
@@ -78,6 +81,8 @@ export interface EvaluationOptions {
   readonly modelEpochs?: number;
   readonly settings: MethodSettings;
   readonly negatives: NegativeMode;
+  /** Which of the user's items a sampled negative may not be (queries.ts). */
+  readonly exclusion: NegativeExclusion;
   readonly negativesPerPositive: number;
   readonly seed: number;
   readonly maxQueriesPerPeriod: number;
@@ -126,15 +131,16 @@ export async function runEvaluation(options: EvaluationOptions): Promise<Evaluat
   const progress = options.onProgress ?? (() => {});
   const inputs = await readInputs(options, progress);
   const protocol = prepareProtocol(inputs, options, progress);
+  const given = await givenModel(options.modelDir, inputs, protocol.split);
   const run = new EvaluationRun(inputs, protocol, options);
 
   const variants = run.compareVariants();
   const best = variants.reduce((a, b) => (b.validation.auc > a.validation.auc ? b : a)).name;
-  const chosen = (await modelVariant(options.modelDir)) ?? best;
+  const chosen = given?.variant ?? best;
   const catalogue = inputs.catalogues[chosen];
   const sweep = options.sweep ? run.sweep(catalogue) : null;
   const settings = sweep?.settings ?? options.settings;
-  const neural = await run.neuralModel(catalogue);
+  const neural = given ?? (await run.trainedModel(catalogue));
 
   const report = run.assess({ variants, chosen, sweep, settings, neural, started });
   await mkdir(options.outDir, { recursive: true });
@@ -143,11 +149,41 @@ export async function runEvaluation(options: EvaluationOptions): Promise<Evaluat
   return summaryOf(options.outDir, report);
 }
 
-/** A given model fixes the transform: it only reads embeddings prepared as in its training. */
-async function modelVariant(dir: string | undefined): Promise<'raw' | 'centred' | null> {
+/**
+ * The model `--model DIR` names, loaded, fitted to the catalogue variant it was trained on (it
+ * only reads embeddings prepared as in its training, so it fixes the transform) and checked
+ * not to have seen validation or test; null without one.
+ */
+async function givenModel(
+  dir: string | undefined,
+  inputs: Inputs,
+  split: Split,
+): Promise<(NeuralChoice & { variant: 'raw' | 'centred' }) | null> {
   if (dir === undefined) return null;
-  const { config } = await loadModel(dir);
-  return config.inputTransform.center ? 'centred' : 'raw';
+  const loaded = await readOfflineModel(dir);
+  const variant = loaded.config.inputTransform.center ? 'centred' : 'raw';
+  const model = modelForCatalogue(dir, loaded, inputs.catalogues[variant]);
+  checkNoLeak(model.config, split.validationStartMs);
+  return { model, trainedHere: false, variant };
+}
+
+/**
+ * A model that saw validation or test events would score them from memory: its training must
+ * have stopped (`training.testCutoffTs`, written by `trainModel`) at or before the validation
+ * start. Throws USAGE otherwise, and for a model that records no cutoff.
+ */
+export function checkNoLeak(config: NeuralConfig, validationStartMs: number): void {
+  const cutoff = config.training?.testCutoffTs ?? null;
+  if (cutoff !== null && cutoff <= validationStartMs) return;
+  const when = new Date(validationStartMs).toISOString();
+  const trained =
+    cutoff === null ? 'without a test cutoff' : `up to ${new Date(cutoff).toISOString()}`;
+  throw new AffinityError(
+    'USAGE',
+    `the model was trained ${trained}; it must not see events from ${when} ` +
+      `(ms ${validationStartMs}) on: train it with a cutoff there, ` +
+      'or let evaluate train one (--train-model DIR)',
+  );
 }
 
 async function readInputs(
@@ -180,6 +216,7 @@ function prepareProtocol(
   const log = indexLog(inputs.events, options.settings.signals);
   const queryOptions = {
     negatives: options.negatives,
+    exclusion: options.exclusion,
     negativesPerPositive: options.negativesPerPositive,
     seed: options.seed,
     maxQueries: options.maxQueriesPerPeriod,
@@ -267,14 +304,10 @@ class EvaluationRun {
   /** Counters of the latest replay. */
   private lastStats: ReplayStats | null = null;
 
-  /** The model to evaluate: trained here, loaded from --model, or none. */
-  async neuralModel(catalogue: OfflineCatalogue): Promise<NeuralChoice | null> {
-    if (this.options.trainModelDir !== undefined)
-      return this.trainNeural(catalogue, this.options.trainModelDir);
-    if (this.options.modelDir === undefined) return null;
-    const model = await loadOfflineModel(this.options.modelDir, catalogue);
-    this.checkNoLeak(model);
-    return { model, trainedHere: false };
+  /** With --train-model, the model trained here on the events before validation; else none. */
+  async trainedModel(catalogue: OfflineCatalogue): Promise<NeuralChoice | null> {
+    if (this.options.trainModelDir === undefined) return null;
+    return this.trainNeural(catalogue, this.options.trainModelDir);
   }
 
   private async trainNeural(catalogue: OfflineCatalogue, dir: string): Promise<NeuralChoice> {
@@ -292,20 +325,6 @@ class EvaluationRun {
     });
     await saveModel(dir, result.config, result.weights);
     return { model: await loadOfflineModel(dir, catalogue), trainedHere: true };
-  }
-
-  /** A model that saw validation or test events would score them from memory. */
-  private checkNoLeak(model: LoadedModel): void {
-    const cutoff = model.config.training?.testCutoffTs ?? null;
-    const validationStartMs = this.protocol.split.validationStartMs;
-    if (cutoff !== null && cutoff <= validationStartMs) return;
-    const when = new Date(validationStartMs).toISOString();
-    throw new AffinityError(
-      'USAGE',
-      `the model was trained ${cutoff === null ? 'without a test cutoff' : `up to ${new Date(cutoff).toISOString()}`}; ` +
-        `it must not see events from ${when} (ms ${validationStartMs}) on: train it with a cutoff there, ` +
-        'or let evaluate train one (--train-model DIR)',
-    );
   }
 
   /** Everything measured with the chosen settings, as the report holds it. */
@@ -451,6 +470,7 @@ class EvaluationRun {
       },
       protocol: {
         negatives: this.options.negatives,
+        exclusion: this.options.exclusion,
         negativesPerPositive: this.options.negativesPerPositive,
         k: 10,
         seed: this.options.seed,

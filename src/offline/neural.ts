@@ -6,14 +6,39 @@
  */
 import { AffinityError } from '../errors.js';
 import { LoadedModel } from '../features/neural-encode.js';
-import { loadModel } from '../neural/files.js';
+import { ModelFileError, loadModel } from '../neural/files.js';
+import type { NeuralConfig, NeuralWeights } from '../neural/model.js';
 import type { OfflineCatalogue } from './catalogue.js';
 
 export async function loadOfflineModel(
   dir: string,
   catalogue: OfflineCatalogue,
 ): Promise<LoadedModel> {
-  const { config, weights } = await loadModel(dir);
+  return modelForCatalogue(dir, await readOfflineModel(dir), catalogue);
+}
+
+/**
+ * The model files in `dir`. A missing or broken model is the command line's fault here, so it
+ * is a USAGE error (one line from the CLI, exit 2) rather than a ModelFileError with a stack.
+ */
+export async function readOfflineModel(
+  dir: string,
+): Promise<{ config: NeuralConfig; weights: NeuralWeights }> {
+  try {
+    return await loadModel(dir);
+  } catch (err) {
+    if (err instanceof ModelFileError)
+      throw new AffinityError('USAGE', `model ${dir}: ${err.message}`, { cause: err });
+    throw err;
+  }
+}
+
+/** The serving wrapper of a model read from `dir`; throws USAGE when it does not fit. */
+export function modelForCatalogue(
+  dir: string,
+  { config, weights }: { config: NeuralConfig; weights: NeuralWeights },
+  catalogue: OfflineCatalogue,
+): LoadedModel {
   if (config.inputDim !== catalogue.dim) {
     throw new AffinityError(
       'USAGE',

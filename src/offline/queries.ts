@@ -10,9 +10,13 @@
  *    has at least one event with a strictly earlier timestamp (otherwise every embedding feature
  *    is null and the query measures only popularity).
  *  - Negatives: `popularity` draws items in proportion to their event counts before the period
- *    starts, `uniform` draws from the whole catalogue; both skip the positive and every item the
- *    user has an event with anywhere in the log (a rating session puts the next positives a few
- *    seconds later; drawing them as negatives would punish the methods for being right).
+ *    starts, `uniform` draws from the whole catalogue; both skip the positive and the items the
+ *    exclusion rule names. `point-in-time` (the default) skips the items the user had an event
+ *    with up to `windowMs` after the query: the history, plus the rest of the rating session (a
+ *    session puts the next positives seconds later; drawing them as negatives would punish the
+ *    methods for being right). `whole-log` skips every item the user has an event with anywhere
+ *    in the log, which reads the future: an item rated a year later is never a negative, and
+ *    those are the hard negatives closest to the user's taste. docs/evaluation.md compares them.
  *    `log` uses the user's own negative-type events of the same period at or after the query
  *    time, on items the user had no event with before it (a disliked item already in the
  *    history would be recognised, not predicted); queries without one are skipped.
@@ -30,8 +34,22 @@ export interface Split {
 
 export type NegativeMode = 'popularity' | 'uniform' | 'log';
 
+/** Which of the user's items a sampled negative may not be; see the file comment. */
+export type ExclusionRule = 'point-in-time' | 'whole-log';
+
+export interface NegativeExclusion {
+  readonly rule: ExclusionRule;
+  /** `point-in-time` only: items rated up to this long after the query are excluded too. */
+  readonly windowMs: number;
+}
+
+/** The default: the history plus the same day (95% of MovieLens' rating gaps are under 1 day). */
+export const DEFAULT_EXCLUSION: NegativeExclusion = { rule: 'point-in-time', windowMs: 86_400_000 };
+
 export interface QueryOptions {
   readonly negatives: NegativeMode;
+  /** For `popularity` and `uniform`; `log` has its own rule. */
+  readonly exclusion: NegativeExclusion;
   readonly negativesPerPositive: number;
   readonly seed: number;
   /** A seeded uniform subsample of at most this many queries per period. */
@@ -85,25 +103,27 @@ export interface LogIndex {
   readonly events: readonly InteractionEvent[];
   readonly signals: Signals;
   readonly firstEventMs: Map<string, number>;
-  readonly itemsOfUser: Map<string, Set<string>>;
+  /** Per user, each item they have an event with and the time of their first event with it. */
+  readonly firstEventOfItem: Map<string, Map<string, number>>;
   readonly eventsOfUser: Map<string, InteractionEvent[]>;
 }
 
 export function indexLog(events: readonly InteractionEvent[], signals: Signals): LogIndex {
   const firstEventMs = new Map<string, number>();
-  const itemsOfUser = new Map<string, Set<string>>();
+  const firstEventOfItem = new Map<string, Map<string, number>>();
   const eventsOfUser = new Map<string, InteractionEvent[]>();
   for (const event of events) {
     const first = firstEventMs.get(event.user);
     if (first === undefined || event.ts < first) firstEventMs.set(event.user, event.ts);
-    let items = itemsOfUser.get(event.user);
-    if (!items) itemsOfUser.set(event.user, (items = new Set()));
-    items.add(event.item);
+    let items = firstEventOfItem.get(event.user);
+    if (!items) firstEventOfItem.set(event.user, (items = new Map()));
+    const itemFirst = items.get(event.item);
+    if (itemFirst === undefined || event.ts < itemFirst) items.set(event.item, event.ts);
     const own = eventsOfUser.get(event.user);
     if (own) own.push(event);
     else eventsOfUser.set(event.user, [event]);
   }
-  return { events, signals, firstEventMs, itemsOfUser, eventsOfUser };
+  return { events, signals, firstEventMs, firstEventOfItem, eventsOfUser };
 }
 
 /** The queries of [startMs, endMs) with their candidates. */
@@ -202,14 +222,30 @@ function negativeSampler(
       ? uniformDraw(catalogue.ids, seededRandom(options.seed))
       : popularityDraw(log, period.startMs, catalogue, seededRandom(options.seed));
   return (positive) => {
-    const excluded = log.itemsOfUser.get(positive.user)!;
+    const excluded = exclusionOf(log, positive, options.exclusion);
     const chosen = new Set<string>();
     const attempts = MAX_DRAWS_PER_NEGATIVE * options.negativesPerPositive;
     for (let a = 0; a < attempts && chosen.size < options.negativesPerPositive; a++) {
       const item = draw();
-      if (item !== positive.item && !excluded.has(item)) chosen.add(item);
+      if (item !== positive.item && !excluded(item)) chosen.add(item);
     }
     return [...chosen];
+  };
+}
+
+/** Whether an item may not be a negative of `positive`'s query, by `exclusion`'s rule. */
+function exclusionOf(
+  log: LogIndex,
+  positive: InteractionEvent,
+  exclusion: NegativeExclusion,
+): (item: string) => boolean {
+  const firstOf = log.firstEventOfItem.get(positive.user)!;
+  if (exclusion.rule === 'whole-log') return (item) => firstOf.has(item);
+
+  const untilMs = positive.ts + exclusion.windowMs;
+  return (item) => {
+    const firstMs = firstOf.get(item);
+    return firstMs !== undefined && firstMs <= untilMs;
   };
 }
 

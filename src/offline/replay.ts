@@ -13,8 +13,12 @@
  *    worker's (the previous request, not the previous flush), so dual features agree with the
  *    online ones to the CG tolerance, not bit for bit.
  *  - Features come from `resolveHistory` and `computeFeatures` (reader/features.ts), the
- *    reader's own functions, and method 3 from `LoadedModel.encode` on the newest
- *    `historyLength` events, as the neural worker keeps them (features/neural-encode.ts).
+ *    reader's own functions. Method 3 has its own per-user state, as the neural worker does
+ *    (workers/neural-worker.ts): the same events go through `applyNeuralEvents`
+ *    (state/neural-state.ts) capped at the model's `historyLength`, not through the method-1
+ *    history (capped at AFFINITY_HISTORY_MAX_EVENTS), and the encoding is `LoadedModel.encode`
+ *    of that state's history, the worker's call. The reader serves the encoding stored after
+ *    the user's latest event, so it is recomputed only when events were applied.
  *
  * Differences from online that remain: the worker stores sums as float32 between flushes, as the
  * replay does in memory; it applies a batch in Kafka order rather than time order, which changes
@@ -29,6 +33,8 @@ import type { FeatureValues, NeuralInputs, ResolvedHistory } from '../reader/fea
 import { computeFeatures, featureNames, resolveHistory } from '../reader/features.js';
 import type { DualContext } from '../state/dual-step.js';
 import { refreshDual } from '../state/dual-step.js';
+import type { EncoderWindow, NeuralUserState } from '../state/neural-state.js';
+import { applyNeuralEvents, emptyNeuralState, encoderWindow } from '../state/neural-state.js';
 import type { SequencedEvent, UpdateContext, UserState } from '../state/user-state.js';
 import { applyEvents, emptyUserState, foldPending } from '../state/user-state.js';
 import type { OfflineCatalogue } from './catalogue.js';
@@ -64,10 +70,12 @@ export interface ReplayStats {
   candidates: number;
   dualSolves: number;
   dualIterations: number;
-  /** Time in `applyEvents`, ms. */
+  /** Time in `applyEvents`, ms (method 1 and 2's update only; not the neural state's). */
   applyMs: number;
-  /** Time answering: folding, dual solves, history resolution and features, ms. */
+  /** Time answering: folding, dual solves, encodings, history resolution and features, ms. */
   answerMs: number;
+  /** The whole `replay` call: grouping and sorting the inputs, applying, answering, ms. */
+  wallMs: number;
 }
 
 /** Receives the features of candidate `candidate` of group `group`. */
@@ -94,6 +102,7 @@ export function replay(
   sink: FeatureSink,
   onProgress?: ReplayProgress,
 ): ReplayStats {
+  const started = performance.now();
   const run = new ReplayRun(model, sink);
   const eventsByUser = groupEventsByUser(events);
   const groupsByUser = groupRequestsByUser(groups);
@@ -109,6 +118,7 @@ export function replay(
   }
   run.stats.users = groupsByUser.size;
   onProgress?.(done, groups.length);
+  run.stats.wallMs = performance.now() - started;
   return run.stats;
 }
 
@@ -127,8 +137,11 @@ class ReplayRun {
     dualIterations: 0,
     applyMs: 0,
     answerMs: 0,
+    wallMs: 0,
   };
   readonly update: UpdateContext;
+  /** The neural worker's window on its per-user history (the model's); null without one. */
+  readonly neuralWindow: EncoderWindow | null;
   private readonly dual: DualContext | null;
   private readonly features;
 
@@ -144,6 +157,8 @@ class ReplayRun {
       pendingMaxEvents: settings.pendingMaxEvents,
       embedding: catalogue.embedding,
     };
+    const hasEmbedding = (item: string) => catalogue.embedding(item) !== undefined;
+    this.neuralWindow = model.neural ? encoderWindow(model.neural, hasEmbedding) : null;
     this.dual = settings.dual.enabled ? dualContextOf(settings, catalogue) : null;
     this.features = featureSettingsOf(settings, catalogue.dim);
   }
@@ -159,7 +174,7 @@ class ReplayRun {
       this.model.historyFeatures === false
         ? EMPTY_HISTORY
         : resolveHistory(state, group.atMs, this.features, lookup);
-    const encoding = this.encoding(state);
+    const encoding = this.encoding(walk);
     group.items.forEach((item, candidate) => {
       const embedding = lookup(item);
       const methods = { dual: this.dual !== null, neural: this.neuralInputs(encoding, item) };
@@ -185,12 +200,19 @@ class ReplayRun {
     this.stats.dualIterations += solution.iterations;
   }
 
-  private encoding(state: UserState | null): Float32Array | null {
+  /**
+   * The encoding the neural worker would have stored by `atMs`: null before the user's first
+   * event (no neural state), else the model's encoding of the neural history, the worker's call.
+   */
+  private encoding(walk: UserWalk): Float32Array | null {
     const model = this.model.neural;
-    if (!model || !state) return null;
-    // The whole history: encode reads the last N events it can read, as the neural worker's
-    // stored history holds them; cutting N events first would leave fewer when some cannot be read.
-    return model.encode(state.history, this.model.catalogue.embedding);
+    const neural = walk.neural;
+    if (!model || !neural || walk.view() === null) return null;
+    if (walk.encodedAt !== walk.applied) {
+      neural.encoding = model.encode(neural.history, this.model.catalogue.embedding);
+      walk.encodedAt = walk.applied;
+    }
+    return neural.encoding;
   }
 
   private neuralInputs(encoding: Float32Array | null, item: string): NeuralInputs | null {
@@ -201,18 +223,31 @@ class ReplayRun {
   }
 }
 
-/** One user's state, advanced through their events in time order. */
+/**
+ * One user's states, advanced through their events in time order: the main state (methods 1
+ * and 2, as the events worker keeps it) and, with a model, the neural state (as the neural
+ * worker keeps it, its own consumer of the same events).
+ */
 class UserWalk {
   private next = 0;
   private readonly state: UserState;
+  readonly neural: NeuralUserState | null;
   /** `eventCount` when the dual vector was last solved; -1 before the first solve. */
   solvedAt = -1;
+  /** `applied` when the neural encoding was last computed; -1 before the first. */
+  encodedAt = -1;
 
   constructor(
     private readonly events: readonly SequencedEvent[],
     private readonly run: ReplayRun,
   ) {
     this.state = emptyUserState(run.update.layout);
+    this.neural = run.neuralWindow === null ? null : emptyNeuralState();
+  }
+
+  /** Events applied so far. */
+  get applied(): number {
+    return this.next;
   }
 
   /** Applies every event with `ts < atMs` not applied yet. */
@@ -221,10 +256,13 @@ class UserWalk {
     while (this.next < this.events.length && this.events[this.next]!.event.ts < atMs) this.next++;
     if (this.next === start) return;
 
+    const batch = newestFirst(this.events, start, this.next);
     const started = performance.now();
-    applyEvents(this.state, newestFirst(this.events, start, this.next), this.run.update);
+    applyEvents(this.state, batch, this.run.update);
     this.run.stats.applyMs += performance.now() - started;
     this.run.stats.eventsApplied += this.next - start;
+    // Any order gives the same neural history: applyNeuralEvents sorts and keeps the newest.
+    if (this.neural) applyNeuralEvents(this.neural, batch, this.run.neuralWindow!);
   }
 
   /** The state as the reader would see it: null before the user's first event. */

@@ -64,6 +64,7 @@ export interface EvaluationReport {
   };
   readonly protocol: {
     readonly negatives: string;
+    readonly exclusion: { readonly rule: string; readonly windowMs: number };
     readonly negativesPerPositive: number;
     readonly k: number;
     readonly seed: number;
@@ -143,7 +144,8 @@ function dataSection(report: EvaluationReport): string[] {
       `${Object.values(events.unknownTypes).reduce((a, b) => a + b, 0)} of unconfigured types); ` +
       `${data.users} users, ${data.items} items, d = ${data.dim}.`,
     `Split: validation from ${data.split.validationStart}, test from ${data.split.testStart} to ${data.split.end}.`,
-    `Queries: each positive event against ${protocol.negativesPerPositive} ${protocol.negatives} negatives; ` +
+    `Queries: each positive event against ${protocol.negativesPerPositive} ${protocol.negatives} negatives` +
+      `${exclusionText(protocol)}; ` +
       `k = ${protocol.k}; seed ${protocol.seed}; at most ${protocol.maxQueriesPerPeriod} queries per period.`,
     `Intervals: 95% percentile bootstrap over users, ${protocol.bootstrap.resamples} resamples.`,
     '',
@@ -158,6 +160,16 @@ function dataSection(report: EvaluationReport): string[] {
     );
   }
   return [...lines, ''];
+}
+
+/** Which of the user's items the sampled negatives skip; `log` negatives have their own rule. */
+function exclusionText(protocol: EvaluationReport['protocol']): string {
+  if (protocol.negatives === 'log') return '';
+  const { rule, windowMs } = protocol.exclusion;
+  return rule === 'whole-log'
+    ? ", none of them an item the user has an event with anywhere in the log (rule 'whole-log')"
+    : `, none of them an item the user had an event with before the query or up to ` +
+        `${formatDuration(windowMs)} after it (rule 'point-in-time')`;
 }
 
 function rankerSection(report: EvaluationReport): string[] {

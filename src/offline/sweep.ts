@@ -45,9 +45,29 @@ export const LAMBDA_GRID = [0.1, 1, 10, 100];
 export const NU_GRID = [0, 0.5, 1];
 export const DUAL_HALF_LIFE_GRID_MS = [7 * DAY_MS, 30 * DAY_MS, 365 * DAY_MS, 3650 * DAY_MS];
 
-/** Half-lives kept in the greedy set. */
-const HALF_LIVES_KEPT = 3;
-const THRESHOLDS_KEPT = 2;
+/** The values each sweep tries, and how many the greedy sets keep. */
+export interface SweepGrids {
+  readonly halfLivesMs: readonly number[];
+  /** Half-lives kept in the greedy set; at most `halfLivesMs.length`. */
+  readonly halfLivesKept: number;
+  readonly thresholds: readonly number[];
+  readonly thresholdsKept: number;
+  readonly a0: readonly number[];
+  readonly lambda: readonly number[];
+  readonly nu: readonly number[];
+  readonly dualHalfLivesMs: readonly number[];
+}
+
+export const DEFAULT_SWEEP_GRIDS: SweepGrids = {
+  halfLivesMs: HALF_LIFE_GRID_MS,
+  halfLivesKept: 3,
+  thresholds: THRESHOLD_GRID,
+  thresholdsKept: 2,
+  a0: A0_GRID,
+  lambda: LAMBDA_GRID,
+  nu: NU_GRID,
+  dualHalfLivesMs: DUAL_HALF_LIFE_GRID_MS,
+};
 
 export interface SweepPoint {
   readonly label: string;
@@ -81,12 +101,15 @@ export interface SweepContext {
   readonly baseline: FeatureTable;
   readonly replayValidation: ValidationReplay;
   readonly fit: RankerFitOptions;
+  /** Default DEFAULT_SWEEP_GRIDS; smaller ones make a test fast. */
+  readonly grids?: SweepGrids;
 }
 
 export function sweepOnValidation(context: SweepContext, base: MethodSettings): SweepResult {
-  const halfLives = sweepHalfLives(context, base);
-  const thresholds = sweepThresholds(context, base);
-  const dual = sweepDual(context, base);
+  const grids = context.grids ?? DEFAULT_SWEEP_GRIDS;
+  const halfLives = sweepHalfLives(context, grids, base);
+  const thresholds = sweepThresholds(context, grids, base);
+  const dual = sweepDual(context, grids, base);
   const settings = withOverrides(base, {
     halfLivesMs: halfLives.chosen,
     cosineThresholds: thresholds.chosen,
@@ -111,21 +134,21 @@ function sweepModel(
   return { settings, catalogue: context.catalogue, neural: null, historyFeatures };
 }
 
-function sweepHalfLives(context: SweepContext, base: MethodSettings) {
+function sweepHalfLives(context: SweepContext, grids: SweepGrids, base: MethodSettings) {
   const settings = withOverrides(base, {
-    halfLivesMs: HALF_LIFE_GRID_MS,
+    halfLivesMs: grids.halfLivesMs,
     dual: { enabled: false },
   });
   const model = sweepModel(context, settings, false);
   const { table } = context.replayValidation(model, 'sweep: half-lives');
   const features = { period: context.validation, tables: [context.baseline, table] };
-  const points = HALF_LIFE_GRID_MS.map((ms) => ({
+  const points = grids.halfLivesMs.map((ms) => ({
     label: formatDuration(ms),
     validation: scoreAlone(features, `agg.pos.${formatDuration(ms)}.cos`),
   }));
   const greedy = greedySet(features, context.fit, {
-    grid: HALF_LIFE_GRID_MS,
-    keep: HALF_LIVES_KEPT,
+    grid: grids.halfLivesMs,
+    keep: grids.halfLivesKept,
     namesOf: sumNames,
     label: formatDuration,
   });
@@ -157,7 +180,7 @@ function greedySet(
 ): { chosen: number[]; steps: SweepPoint[] } {
   const chosen: number[] = [];
   const steps: SweepPoint[] = [];
-  while (chosen.length < search.keep) {
+  while (chosen.length < Math.min(search.keep, search.grid.length)) {
     let best: { value: number; score: MetricMeans } | null = null;
     for (const value of search.grid.filter((candidate) => !chosen.includes(candidate))) {
       const names = [...BASELINE_FEATURES, ...[...chosen, value].flatMap(search.namesOf)];
@@ -170,22 +193,22 @@ function greedySet(
   return { chosen: [...chosen].sort((a, b) => a - b), steps };
 }
 
-function sweepThresholds(context: SweepContext, base: MethodSettings) {
+function sweepThresholds(context: SweepContext, grids: SweepGrids, base: MethodSettings) {
   const settings = withOverrides(base, {
     halfLivesMs: [],
-    cosineThresholds: THRESHOLD_GRID,
+    cosineThresholds: grids.thresholds,
     dual: { enabled: false },
   });
   const model = sweepModel(context, settings, true);
   const { table } = context.replayValidation(model, 'sweep: thresholds');
   const features = { period: context.validation, tables: [context.baseline, table] };
-  const points = THRESHOLD_GRID.map((threshold) => ({
+  const points = grids.thresholds.map((threshold) => ({
     label: String(threshold),
     validation: scoreAlone(features, `agg.hist.pos.share_above_${threshold}`),
   }));
   const greedy = greedySet(features, context.fit, {
-    grid: THRESHOLD_GRID,
-    keep: THRESHOLDS_KEPT,
+    grid: grids.thresholds,
+    keep: grids.thresholdsKept,
     namesOf: shareNames,
     label: String,
   });
@@ -199,7 +222,7 @@ interface DualChoice {
   readonly halfLifeMs: number;
 }
 
-function sweepDual(context: SweepContext, base: MethodSettings) {
+function sweepDual(context: SweepContext, grids: SweepGrids, base: MethodSettings) {
   const points: SweepPoint[] = [];
   const tried = new Map<string, MetricMeans>();
   const score = (choice: DualChoice): number => {
@@ -219,15 +242,15 @@ function sweepDual(context: SweepContext, base: MethodSettings) {
     halfLifeMs: base.dual.halfLifeMs,
   };
   best = bestOf(
-    A0_GRID.flatMap((a0) => LAMBDA_GRID.map((lambda) => ({ ...best, a0, lambda }))),
+    grids.a0.flatMap((a0) => grids.lambda.map((lambda) => ({ ...best, a0, lambda }))),
     score,
   );
   best = bestOf(
-    NU_GRID.flatMap((nu) => LAMBDA_GRID.map((lambda) => ({ ...best, nu, lambda }))),
+    grids.nu.flatMap((nu) => grids.lambda.map((lambda) => ({ ...best, nu, lambda }))),
     score,
   );
   best = bestOf(
-    DUAL_HALF_LIFE_GRID_MS.map((halfLifeMs) => ({ ...best, halfLifeMs })),
+    grids.dualHalfLivesMs.map((halfLifeMs) => ({ ...best, halfLifeMs })),
     score,
   );
   return { points, chosen: best };

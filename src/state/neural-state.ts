@@ -6,6 +6,7 @@
  * offsets; the same hash tag as the user's main state keeps it in the same Redis Cluster slot.
  */
 import type { Redis } from 'ioredis';
+import type { LoadedModel } from '../features/neural-encode.js';
 import { decodeFloat32LE, float32Bytes } from '../encoding/float32.js';
 import { AffinityError } from '../errors.js';
 import type { KeySpace } from './keys.js';
@@ -39,6 +40,22 @@ export interface EncoderWindow {
   keeps(entry: HistoryEntry): boolean;
   /** Whether a stored event is read now: its item has an embedding. */
   reads(entry: HistoryEntry): boolean;
+}
+
+/**
+ * The window of `model`: events of the types it knows are kept, and read when `hasEmbedding`
+ * says their item has an embedding. The neural worker and the offline replay build it here,
+ * so that both store and read the same events.
+ */
+export function encoderWindow(
+  model: Pick<LoadedModel, 'config' | 'knowsType'>,
+  hasEmbedding: (item: string) => boolean,
+): EncoderWindow {
+  return {
+    length: model.config.historyLength,
+    keeps: (entry) => model.knowsType(entry.type),
+    reads: (entry) => model.knowsType(entry.type) && hasEmbedding(entry.item),
+  };
 }
 
 /**

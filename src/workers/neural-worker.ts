@@ -23,8 +23,8 @@ import { EmbeddingCache } from '../items/cache.js';
 import { ItemStore } from '../items/store.js';
 import type { LoadedModel } from '../features/neural-encode.js';
 import type { Logger } from '../ops/logger.js';
-import type { EncoderWindow, NeuralUserState } from '../state/neural-state.js';
-import { NeuralStateStore, applyNeuralEvents } from '../state/neural-state.js';
+import type { NeuralUserState } from '../state/neural-state.js';
+import { NeuralStateStore, applyNeuralEvents, encoderWindow } from '../state/neural-state.js';
 import type { SequencedEvent } from '../state/user-state.js';
 import { decodeEvent } from '../stream/decode.js';
 import { createKafka } from '../stream/kafka.js';
@@ -334,11 +334,7 @@ function applyAll(
   model: LoadedModel,
   embeddings: Map<string, Float32Array>,
 ): Map<string, NeuralUserState> {
-  const window: EncoderWindow = {
-    length: model.config.historyLength,
-    keeps: (entry) => model.knowsType(entry.type),
-    reads: (entry) => model.knowsType(entry.type) && embeddings.has(entry.item),
-  };
+  const window = encoderWindow(model, (item) => embeddings.has(item));
   const changed = new Map<string, NeuralUserState>();
   for (const [user, state] of states) {
     const applied = applyNeuralEvents(state, byUser.get(user)!, window);

@@ -36,9 +36,14 @@ export function randomCatalogue(
   return items;
 }
 
+/**
+ * Stores `items` as the catalogue, as given. `normalized` is what the catalogue's meta says of
+ * them (the fixtures are unit vectors either way); a neural model must declare the same.
+ */
 export async function loadCatalogueIntoRedis(
   config: Config,
   items: ReadonlyMap<string, Float32Array>,
+  normalized = true,
 ): Promise<void> {
   const redis = new Redis(REDIS_URL);
   try {
@@ -49,7 +54,7 @@ export async function loadCatalogueIntoRedis(
     await new ItemStore(redis, { prefix: config.keyPrefix }).replaceAll(ids, vectors, {
       dim,
       centered: false,
-      normalized: true,
+      normalized,
       mean: null,
     });
   } finally {

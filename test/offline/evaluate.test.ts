@@ -4,7 +4,7 @@
  * the users' taste by construction, so embedding features must beat the baseline.
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -14,10 +14,10 @@ import type { InteractionEvent } from '../../src/events/types.js';
 import { parseSignals } from '../../src/events/types.js';
 import { parseSignalMap } from '../../src/neural/events.js';
 import { runEvaluation } from '../../src/offline/evaluate.js';
-import { seededRandom } from '../../src/offline/metrics.js';
-import { buildQueries, indexLog } from '../../src/offline/queries.js';
+import { DEFAULT_EXCLUSION, buildQueries, indexLog } from '../../src/offline/queries.js';
 import type { EvaluationReport } from '../../src/offline/report.js';
 import { methodSettings } from '../../src/offline/settings.js';
+import { TASTE_SIGNAL_MAP, writeTasteLog } from '../helpers/taste-log.js';
 
 const SIGNALS = parseSignals('like:+3,dislike:-3');
 const DAY_MS = 86_400_000;
@@ -31,7 +31,7 @@ const CATALOGUE = {
   has: (item: string) => /^i\d+$/.test(item) && Number(item.slice(1)) < 30,
 };
 
-test('queries: positives of the period with an earlier event; negatives never seen by the user', () => {
+test('queries: positives of the period with an earlier event; whole-log: negatives never seen by the user', () => {
   const events = [
     event('a', 'i0', 1),
     event('a', 'i1', 10),
@@ -44,6 +44,7 @@ test('queries: positives of the period with an earlier event; negatives never se
   const period = { name: 'test' as const, startMs: 10 * DAY_MS, endMs: 20 * DAY_MS };
   const options = {
     negatives: 'uniform' as const,
+    exclusion: { rule: 'whole-log' as const, windowMs: 0 },
     negativesPerPositive: 20,
     seed: 1,
     maxQueries: 100,
@@ -68,6 +69,35 @@ test('queries: positives of the period with an earlier event; negatives never se
   assert.deepEqual([...queries.offsets], [0, 21]);
 });
 
+test('point-in-time exclusion: items rated after the window may be negatives, earlier ones not', () => {
+  const events = [
+    event('a', 'i0', 1),
+    event('a', 'i1', 10), // the query
+    { ...event('a', 'i2', 10), ts: 10.5 * DAY_MS }, // the same session: excluded
+    event('a', 'i3', 11), // exactly at the end of the window: excluded
+    event('a', 'i4', 12, 'dislike'), // after the window: may be a negative
+    event('a', 'i5', 40), // long after: may be a negative
+  ];
+  const log = indexLog(events, SIGNALS);
+  const period = { name: 'test' as const, startMs: 10 * DAY_MS, endMs: 11 * DAY_MS };
+  // 30 catalogue items and 100 wanted: 5,000 uniform draws take every eligible item.
+  const options = {
+    negatives: 'uniform' as const,
+    exclusion: { rule: 'point-in-time' as const, windowMs: DAY_MS },
+    negativesPerPositive: 100,
+    seed: 1,
+    maxQueries: 100,
+  };
+  const first = buildQueries(log, period, CATALOGUE, options).queries[0]!;
+  assert.equal(first.atMs, 10 * DAY_MS);
+  const expected = CATALOGUE.ids.filter((id) => !['i0', 'i1', 'i2', 'i3'].includes(id));
+  assert.deepEqual([...first.candidates.slice(1)].sort(), expected.sort());
+
+  const wholeLog = { ...options, exclusion: { rule: 'whole-log' as const, windowMs: 0 } };
+  const strict = buildQueries(log, period, CATALOGUE, wholeLog).queries[0]!;
+  for (const item of ['i4', 'i5']) assert.ok(!strict.candidates.includes(item), item);
+});
+
 test("log negatives: the user's later negative events of the period, not ones already seen", () => {
   const events = [
     event('a', 'i0', 1),
@@ -81,6 +111,7 @@ test("log negatives: the user's later negative events of the period, not ones al
   const period = { name: 'test' as const, startMs: 10 * DAY_MS, endMs: 20 * DAY_MS };
   const options = {
     negatives: 'log' as const,
+    exclusion: DEFAULT_EXCLUSION,
     negativesPerPositive: 100,
     seed: 1,
     maxQueries: 100,
@@ -88,34 +119,6 @@ test("log negatives: the user's later negative events of the period, not ones al
   const queries = buildQueries(log, period, CATALOGUE, options);
   assert.deepEqual(queries.queries[0]!.candidates, ['i1', 'i6']);
 });
-
-/**
- * 60 users, each with a taste vector; items are random unit vectors in d = 8; a user likes the
- * items closest to their taste and dislikes the farthest, over 100 days.
- */
-async function tasteLog(dir: string): Promise<void> {
-  const random = seededRandom(5);
-  const gaussian = () => Math.sqrt(-2 * Math.log(1 - random())) * Math.cos(2 * Math.PI * random());
-  const items = Array.from({ length: 150 }, (_, i) => ({
-    id: `i${i}`,
-    embedding: Array.from({ length: 8 }, gaussian),
-  }));
-  const lines = ['user_id,item_id,timestamp,signal'];
-  for (let u = 0; u < 60; u++) {
-    const taste = Array.from({ length: 8 }, gaussian);
-    const score = (e: number[]) => e.reduce((sum, x, k) => sum + x * taste[k]!, 0);
-    const ranked = [...items].sort((a, b) => score(b.embedding) - score(a.embedding));
-    for (let n = 0; n < 40; n++) {
-      const liked = n % 4 !== 3;
-      const pool = liked ? ranked.slice(0, 40) : ranked.slice(-40);
-      const item = pool[Math.floor(random() * pool.length)]!;
-      const ts = Math.floor(random() * 100 * 86_400);
-      lines.push(`u${u},${item.id},${ts},${liked ? 5 : 1}`);
-    }
-  }
-  await writeFile(join(dir, 'events.csv'), `${lines.join('\n')}\n`);
-  await writeFile(join(dir, 'items.jsonl'), items.map((item) => JSON.stringify(item)).join('\n'));
-}
 
 async function workspace(t: TestContext): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'affinity-evaluate-'));
@@ -125,19 +128,20 @@ async function workspace(t: TestContext): Promise<string> {
 
 test('runEvaluation writes the three reports; embeddings beat the baseline on a taste log', async (t) => {
   const dir = await workspace(t);
-  await tasteLog(dir);
+  await writeTasteLog(dir);
   const stages: string[] = [];
   await runEvaluation({
     events: {
       path: join(dir, 'events.csv'),
       timestampUnit: 's',
-      signalMap: parseSignalMap('like:>=4,dislike:<=2'),
+      signalMap: parseSignalMap(TASTE_SIGNAL_MAP),
     },
     itemsPath: join(dir, 'items.jsonl'),
     catalogue: { center: false, normalize: true },
     outDir: join(dir, 'out'),
     settings: methodSettings(loadConfig({})),
     negatives: 'popularity',
+    exclusion: DEFAULT_EXCLUSION,
     negativesPerPositive: 20,
     seed: 1,
     maxQueriesPerPeriod: 400,
