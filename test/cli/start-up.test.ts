@@ -11,7 +11,9 @@ import { createServer } from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { configEnv, testConfig } from '../helpers/services.js';
+import { checkNothingLeftBehind, configEnv, testConfig } from '../helpers/services.js';
+
+checkNothingLeftBehind();
 
 const CLI = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
 /** kafkajs gives up connecting after about 10 s with its default retry (5 retries from 300 ms). */

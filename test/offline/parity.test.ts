@@ -23,6 +23,7 @@ import type { InteractionEvent } from '../../src/events/types.js';
 import { runBackfill } from '../../src/offline/backfill.js';
 import { methodSettings } from '../../src/offline/settings.js';
 import { FeatureReader } from '../../src/reader/feature-reader.js';
+import { defer } from '../helpers/cleanup.js';
 import {
   eventMessages,
   loadCatalogueIntoRedis,
@@ -33,11 +34,14 @@ import {
 import {
   REDIS_URL,
   appliedCount,
+  checkNothingLeftBehind,
   produce,
   provision,
   testConfig,
   waitFor,
 } from '../helpers/services.js';
+
+checkNothingLeftBehind();
 
 const DIM = 16;
 const ITEM_COUNT = 40;
@@ -60,15 +64,15 @@ test('features from Kafka, the worker and Redis equal the backfill at the same t
   const checkpoints = [nowMs - 6 * DAY_MS, nowMs - 2 * DAY_MS + 1, nowMs + 1];
 
   const dir = await mkdtemp(join(tmpdir(), 'affinity-parity-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
+  defer(t, () => rm(dir, { recursive: true, force: true }));
   await writeInputs(dir, events, items, checkpoints);
   const backfill = await backfillAnswers(dir, config);
 
   await startWorker(t, config);
   const redis = new Redis(REDIS_URL);
-  t.after(() => redis.quit());
+  defer(t, () => redis.quit());
   const reader = FeatureReader.fromConfig(config);
-  t.after(() => reader.close());
+  defer(t, () => reader.close());
 
   let previousMs = Number.NEGATIVE_INFINITY;
   let produced = 0;

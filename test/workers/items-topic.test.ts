@@ -10,15 +10,19 @@ import { Redis } from 'ioredis';
 import { computeGramian } from '../../src/features/gramian.js';
 import { ItemStore } from '../../src/items/store.js';
 import { FeatureReader } from '../../src/reader/feature-reader.js';
+import { defer } from '../helpers/cleanup.js';
 import { loadCatalogueIntoRedis, randomCatalogue, startWorker } from '../helpers/fixtures.js';
 import {
   REDIS_URL,
   appliedCount,
+  checkNothingLeftBehind,
   produce,
   provision,
   testConfig,
   waitFor,
 } from '../helpers/services.js';
+
+checkNothingLeftBehind();
 
 const DIM = 8;
 
@@ -33,7 +37,7 @@ test('item changes from the topic keep the catalogue and its Gramian exact', asy
   await loadCatalogueIntoRedis(config, initial);
   const extra = randomCatalogue(14, DIM, 99);
   const redis = new Redis(REDIS_URL);
-  t.after(() => redis.quit());
+  defer(t, () => redis.quit());
   const store = new ItemStore(redis, { prefix: config.keyPrefix });
   const startVersion = (await store.requireMeta()).version;
 
@@ -81,7 +85,7 @@ test('an event whose item has no embedding yet is counted, kept, and used once i
   await loadCatalogueIntoRedis(config, randomCatalogue(5, DIM, 1));
   await startWorker(t, config);
   const redis = new Redis(REDIS_URL);
-  t.after(() => redis.quit());
+  defer(t, () => redis.quit());
 
   const nowMs = Date.now();
   await produce(config.eventsTopic, [
@@ -92,7 +96,7 @@ test('an event whose item has no embedding yet is counted, kept, and used once i
   ]);
   await waitFor('the event applied', async () => (await appliedCount(redis, config, ['u'])) === 1);
   const reader = FeatureReader.fromConfig(config);
-  t.after(() => reader.close());
+  defer(t, () => reader.close());
   const before = await reader.features('u', ['i0'], nowMs);
   assert.equal(before.items[0]!.features['agg.pos.6h.weight'], 0);
   assert.equal(before.items[0]!.features['agg.pos.6h.cos'], null);

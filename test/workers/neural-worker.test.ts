@@ -21,13 +21,23 @@ import { FeatureReader } from '../../src/reader/feature-reader.js';
 import { NeuralStateStore } from '../../src/state/neural-state.js';
 import { compareHistory } from '../../src/state/user-state.js';
 import { NeuralMetrics, NeuralWorker } from '../../src/workers/neural-worker.js';
+import { defer } from '../helpers/cleanup.js';
 import {
   eventMessages,
   loadCatalogueIntoRedis,
   randomCatalogue,
   randomEvents,
 } from '../helpers/fixtures.js';
-import { REDIS_URL, produce, provision, testConfig, waitFor } from '../helpers/services.js';
+import {
+  REDIS_URL,
+  checkNothingLeftBehind,
+  produce,
+  provision,
+  testConfig,
+  waitFor,
+} from '../helpers/services.js';
+
+checkNothingLeftBehind();
 
 const DIM = 12;
 const USERS = ['ann', 'ben', 'cat'];
@@ -51,13 +61,13 @@ async function setUp(
   t: TestContext,
 ): Promise<{ config: Config; dir: string; redis: Redis; items: Map<string, Float32Array> }> {
   const dir = await mkdtemp(join(tmpdir(), 'affinity-model-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
+  defer(t, () => rm(dir, { recursive: true, force: true }));
   const config = testConfig({ AFFINITY_NEURAL_MODEL_DIR: dir, AFFINITY_NEURAL_MODEL_POLL: '50ms' });
   await provision(t, config, 2);
   const items = randomCatalogue(30, DIM, 4);
   await loadCatalogueIntoRedis(config, items);
   const redis = new Redis(REDIS_URL);
-  t.after(() => redis.quit());
+  defer(t, () => redis.quit());
   return { config, dir, redis, items };
 }
 
@@ -67,7 +77,7 @@ async function startNeuralWorker(t: TestContext, config: Config): Promise<Neural
     createLogger('silent'),
     new NeuralMetrics(createRegistry(false)),
   );
-  t.after(() => worker.close());
+  defer(t, () => worker.close());
   await worker.start();
   return worker;
 }
@@ -104,7 +114,7 @@ test('the stored encoding equals the offline encoding of the same history', asyn
   }
 
   const reader = FeatureReader.fromConfig(config, createLogger('silent'));
-  t.after(() => reader.close());
+  defer(t, () => reader.close());
   const { items: scored } = await reader.features('ann', ['i3'], Date.now());
   const itemVector = model.itemVector('i3', items.get('i3')!);
   const encoding = states.get('ann')!.encoding!;
