@@ -112,3 +112,38 @@ test('an event whose item has no embedding yet is counted, kept, and used once i
   assert.ok(Math.abs(weight - 3 * 2 ** (-1_000 / 21_600_000)) < 1e-9);
   assert.ok(Math.abs(after.items[0]!.features['agg.pos.6h.cos']! - 1) < 1e-6);
 });
+
+test('a catalogue created from the topic alone is normalised and not centred', async (t) => {
+  const config = testConfig();
+  await provision(t, config);
+  const raw = new Map([
+    ['a', Float32Array.from([3, 4, 0, 0, 0, 0, 0, 0])],
+    ['b', Float32Array.from([0, 0, 2, 0, 0, 0, 0, 0])],
+  ]);
+  // One value as float32 bytes, one as a JSON array; a tombstone then removes a third item.
+  await produce(config.itemsTopic, [
+    { key: 'a', value: bytes(raw.get('a')!) },
+    { key: 'b', value: JSON.stringify([...raw.get('b')!]) },
+    { key: 'c', value: JSON.stringify([1, 1, 1, 1, 1, 1, 1, 1]) },
+    { key: 'c', value: null },
+  ]);
+  await startWorker(t, config);
+  const redis = new Redis(REDIS_URL);
+  defer(t, () => redis.quit());
+  const store = new ItemStore(redis, { prefix: config.keyPrefix });
+  await waitFor('the catalogue created from the topic', async () => {
+    const meta = await store.readMeta();
+    return meta !== null && (await store.getMany(['c'], DIM)).size === 0 && meta.count === 2;
+  });
+
+  const meta = await store.requireMeta();
+  assert.equal(meta.dim, DIM);
+  assert.equal(meta.centered, false);
+  assert.equal(meta.normalized, true);
+  assert.equal(meta.mean, null);
+  const stored = await store.getMany(['a', 'b', 'c'], DIM);
+  assert.deepEqual([...stored.keys()].sort(), ['a', 'b']);
+  // Scaled to unit length and nothing subtracted: exact in float32 for these vectors.
+  assert.deepEqual([...stored.get('a')!], [0.6, 0.8, 0, 0, 0, 0, 0, 0].map(Math.fround));
+  assert.deepEqual([...stored.get('b')!], [0, 0, 1, 0, 0, 0, 0, 0]);
+});
