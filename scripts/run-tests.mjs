@@ -3,7 +3,9 @@
 // 1. If Kafka or Redis does not answer, starts the development services with
 //    scripts/services-up.sh. They are left running afterwards: the next run starts faster,
 //    and `npm run services:down` stops them.
-// 2. Hands every dist/test/**/*.test.js file, sorted, to Node's test runner, one file at a
+// 2. Removes what interrupted earlier runs left on the broker and in Redis (only names of the
+//    tests' own scheme; scripts/test-leftovers.mjs says which and why that is safe).
+// 3. Hands every dist/test/**/*.test.js file, sorted, to Node's test runner, one file at a
 //    time (the tests share one broker and one Redis), and exits with its code.
 //
 // Kafka is probed at AFFINITY_KAFKA_BROKERS (default 127.0.0.1:19092), Redis at
@@ -14,10 +16,12 @@ import { readdir } from 'node:fs/promises';
 import { createConnection } from 'node:net';
 import { join, relative } from 'node:path';
 import { URL, fileURLToPath } from 'node:url';
+import { removeTestLeftovers } from './test-leftovers.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const TEST_DIR = join(ROOT, 'dist', 'test');
 const TEST_FILE_SUFFIX = '.test.js';
+const DEFAULT_BROKERS = '127.0.0.1:19092';
 const DEFAULT_REDIS_URL = 'redis://127.0.0.1:6379';
 const REDIS_PROBE_TIMEOUT_MS = 2_000;
 
@@ -77,6 +81,24 @@ async function ensureServices() {
   }
 }
 
+/** Housekeeping only: a failure is reported and the suite runs regardless. */
+async function removeLeftovers() {
+  try {
+    const removed = await removeTestLeftovers({
+      brokers: (process.env.AFFINITY_KAFKA_BROKERS ?? DEFAULT_BROKERS).split(','),
+      redisUrl: process.env.AFFINITY_REDIS_URL ?? DEFAULT_REDIS_URL,
+    });
+    if (removed.topics + removed.groups + removed.keys > 0) {
+      log(
+        `removed what earlier runs left: ${removed.topics} topics, ${removed.groups} groups, ` +
+          `${removed.keys} Redis keys`,
+      );
+    }
+  } catch (err) {
+    log(`could not remove what earlier runs left (${err.message}); running the tests anyway`);
+  }
+}
+
 async function findTestFiles(dir) {
   let entries;
   try {
@@ -129,6 +151,7 @@ async function main() {
   }
 
   await ensureServices();
+  await removeLeftovers();
   log(`running ${files.length} test file(s)`);
   return runNodeTest(files);
 }

@@ -2,6 +2,8 @@
 export interface ExtraCommand {
   readonly name: string;
   readonly usage: string;
+  /** Runs until stopped and logs pino JSON; its failures are reported as pino lines too. */
+  readonly longRunning?: boolean;
   run(args: readonly string[]): Promise<number>;
 }
 

@@ -8,11 +8,9 @@ import { Redis } from 'ioredis';
 import { loadConfig } from '../config/config.js';
 import type { Config } from '../config/config.js';
 import { AffinityError } from '../errors.js';
-import { CatalogueError } from '../items/errors.js';
 import { loadCatalogue } from '../items/loaders.js';
 import { ItemStore } from '../items/store.js';
 import { transformCatalogue } from '../items/transform.js';
-import { startOpsServer } from '../ops/http.js';
 import { createLogger } from '../ops/logger.js';
 import { WorkerMetrics, createRegistry } from '../ops/metrics.js';
 import { FeatureReader } from '../reader/feature-reader.js';
@@ -21,7 +19,7 @@ import { AffinityWorker } from '../workers/events-worker.js';
 import { extraCommands } from './extra-commands.js';
 import './neural-commands.js';
 import './offline-commands.js';
-import { stopOnSignals } from './signals.js';
+import { serve } from './serve.js';
 
 const USAGE = `usage: affinity <command> [options]
 
@@ -38,6 +36,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   const [command, ...rest] = argv;
   switch (command) {
     case 'worker':
+      if (rest.length > 0) throw usage('worker takes no arguments');
       return runWorker();
     case 'items':
       return runItems(rest);
@@ -62,22 +61,8 @@ async function runWorker(): Promise<number> {
   const logger = createLogger(config.logLevel, { role: 'worker' });
   const metrics = new WorkerMetrics(createRegistry(true));
   const worker = new AffinityWorker(config, logger, metrics);
-  const ops = await startOpsServer(
-    {
-      host: config.httpHost,
-      port: config.httpPort,
-      registry: metrics.registry,
-      isReady: () => worker.ready,
-    },
-    logger,
-  );
-
-  const stopped = stopOnSignals(logger, async () => {
-    await worker.close();
-    await ops.close();
-  });
-  await worker.start();
-  return stopped;
+  const ops = { host: config.httpHost, port: config.httpPort, registry: metrics.registry };
+  return serve(worker, ops, logger);
 }
 
 async function runItems(args: readonly string[]): Promise<number> {
@@ -106,6 +91,9 @@ async function runItems(args: readonly string[]): Promise<number> {
   const { catalogue, mean } = transformCatalogue(raw, { center: values.center, normalize });
 
   const redis = new Redis(config.redisUrl, { maxRetriesPerRequest: 3 });
+  const logger = createLogger(config.logLevel, { role: 'items-load' });
+  // The write fails with the cause; each reconnect attempt is debug detail, not stderr noise.
+  redis.on('error', (err: unknown) => logger.debug({ err }, 'redis connection error'));
   try {
     const store = new ItemStore(redis, { prefix: config.keyPrefix });
     const meta = await store.replaceAll(catalogue.ids, catalogue.vectors, {
@@ -184,17 +172,63 @@ function usage(message: string): AffinityError {
   return new AffinityError('USAGE', `${message}\n\n${USAGE}`);
 }
 
-main(process.argv.slice(2)).then(
+/** AFFINITY_LOG_LEVEL values that add the stack to a one-shot command's failure line. */
+const STACK_LEVELS = new Set(['debug', 'trace']);
+/** How deep a failure line follows `cause`; a chain is rarely more than three deep. */
+const MAX_CAUSES = 5;
+
+/**
+ * The last word on a command that threw: usage errors exit 2 with the usage on stderr; any
+ * other failure exits 1 with one line, a pino line for the long-running commands (whose
+ * output is JSON throughout) and plain text on stderr for the one-shot ones.
+ */
+function reportFailure(command: string | undefined, err: unknown): number {
+  if (isUsageError(err)) {
+    const message = err instanceof AffinityError ? err.message : `${errorText(err)}\n\n${USAGE}`;
+    console.error(`affinity: ${message}`);
+    return 2;
+  }
+  if (command !== undefined && isLongRunning(command)) {
+    createLogger('info', { role: command }).error({ err }, 'start-up failed');
+    return 1;
+  }
+  console.error(`affinity: ${errorText(err)}`);
+  if (STACK_LEVELS.has(process.env['AFFINITY_LOG_LEVEL'] ?? '') && err instanceof Error) {
+    console.error(err.stack);
+  }
+  return 1;
+}
+
+function isLongRunning(command: string): boolean {
+  if (command === 'worker') return true;
+  return extraCommands.some((extra) => extra.name === command && extra.longRunning === true);
+}
+
+/** Our own USAGE errors, and node:util parseArgs' (unknown option, missing value, ...). */
+function isUsageError(err: unknown): boolean {
+  if (err instanceof AffinityError) return err.code === 'USAGE';
+  const code = err instanceof TypeError ? (err as { code?: unknown }).code : undefined;
+  return typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS_');
+}
+
+/** The message and those of its causes, on one line: "Redis command failed: connect ...". */
+function errorText(err: unknown): string {
+  const parts: string[] = [];
+  let cause: unknown = err;
+  for (let depth = 0; cause !== undefined && depth < MAX_CAUSES; depth++) {
+    const message = cause instanceof Error ? cause.message : String(cause);
+    if (!parts.some((part) => part.includes(message))) parts.push(message);
+    cause = cause instanceof Error ? cause.cause : undefined;
+  }
+  return parts.join(': ').replace(/\s+/g, ' ').trim();
+}
+
+const argv = process.argv.slice(2);
+main(argv).then(
   (code) => {
     process.exitCode = code;
   },
   (err: unknown) => {
-    if (err instanceof AffinityError || err instanceof CatalogueError) {
-      console.error(`affinity: ${err.message}`);
-      process.exitCode = err instanceof AffinityError && err.code === 'USAGE' ? 2 : 1;
-      return;
-    }
-    console.error(err);
-    process.exitCode = 1;
+    process.exitCode = reportFailure(argv[0], err);
   },
 );

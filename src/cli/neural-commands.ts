@@ -10,12 +10,11 @@ import { transformCatalogue } from '../items/transform.js';
 import { parseSignalMap, readEventsFile } from '../neural/events.js';
 import { saveModel } from '../neural/files.js';
 import { trainModel } from '../neural/train.js';
-import { startOpsServer } from '../ops/http.js';
 import { createLogger } from '../ops/logger.js';
 import { createRegistry } from '../ops/metrics.js';
 import { NeuralMetrics, NeuralWorker } from '../workers/neural-worker.js';
 import { extraCommands } from './extra-commands.js';
-import { stopOnSignals } from './signals.js';
+import { serve } from './serve.js';
 
 extraCommands.push(
   {
@@ -29,6 +28,7 @@ extraCommands.push(
     name: 'neural-worker',
     usage:
       '  neural-worker                   serve neural encodings (needs AFFINITY_NEURAL_MODEL_DIR)',
+    longRunning: true,
     run: runNeuralWorker,
   },
   {
@@ -96,21 +96,13 @@ function optionalNumber(name: string, text: string | undefined): Record<string, 
   return text === undefined ? {} : { [name]: Number(text) };
 }
 
-async function runNeuralWorker(): Promise<number> {
+async function runNeuralWorker(args: readonly string[]): Promise<number> {
+  if (args.length > 0) throw new AffinityError('USAGE', 'neural-worker takes no arguments');
   const config = loadConfig();
   const logger = createLogger(config.logLevel, { role: 'neural-worker' });
   const registry = createRegistry(true);
   const worker = new NeuralWorker(config, logger, new NeuralMetrics(registry));
-  const ops = await startOpsServer(
-    { host: config.httpHost, port: config.httpPort, registry, isReady: () => worker.ready },
-    logger,
-  );
-  const stopped = stopOnSignals(logger, async () => {
-    await worker.close();
-    await ops.close();
-  });
-  await worker.start();
-  return stopped;
+  return serve(worker, { host: config.httpHost, port: config.httpPort, registry }, logger);
 }
 
 async function runNeural(args: readonly string[]): Promise<number> {

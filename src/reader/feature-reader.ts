@@ -74,6 +74,9 @@ export class FeatureReader {
    */
   static fromConfig(config: Config, logger: Logger = createLogger(config.logLevel)): FeatureReader {
     const redis = new Redis(config.redisUrl, { maxRetriesPerRequest: 3 });
+    // Without a listener ioredis prints each failed reconnect to stderr; the read that needed
+    // Redis fails with the cause, so the attempts themselves are debug detail.
+    redis.on('error', (err: unknown) => logger.debug({ err }, 'redis connection error'));
     const keys = { prefix: config.keyPrefix };
     const neural = config.neuralModelDir
       ? new RedisNeuralSource({

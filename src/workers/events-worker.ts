@@ -310,6 +310,8 @@ export class AffinityWorker {
     if (!last || !payload.isRunning() || payload.isStale()) return;
 
     const meta = await this.itemStore.readMeta();
+    // Without a catalogue yet, the batch's first embedding fixes the dimension for the rest.
+    let dim = meta?.dim ?? null;
     const changes: ItemChange[] = [];
     const letters: DeadLetter[] = [];
     for (const message of batch.messages) {
@@ -318,9 +320,8 @@ export class AffinityWorker {
         if (item === '')
           throw new CatalogueError('ITEMS_FORMAT', 'message has no key (the item id)');
         const embedding =
-          message.value === null
-            ? null
-            : parseEmbeddingValue(message.value, meta?.dim ?? null, item);
+          message.value === null ? null : parseEmbeddingValue(message.value, dim, item);
+        dim ??= embedding?.length ?? null;
         // Centring can still leave nothing (an item equal to the mean): check before applying.
         if (embedding && meta)
           transformEmbedding(embedding, { mean: meta.mean, normalize: meta.normalized }, item);

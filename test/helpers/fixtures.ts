@@ -6,6 +6,7 @@ import { ItemStore } from '../../src/items/store.js';
 import { createLogger } from '../../src/ops/logger.js';
 import { WorkerMetrics, createRegistry } from '../../src/ops/metrics.js';
 import { AffinityWorker } from '../../src/workers/events-worker.js';
+import { defer } from './cleanup.js';
 import { REDIS_URL, seededRandom } from './services.js';
 
 export const TYPES = ['click', 'like', 'purchase', 'dislike', 'skip'] as const;
@@ -100,7 +101,7 @@ export async function startWorker(t: TestContext, config: Config): Promise<Affin
     createLogger('silent'),
     new WorkerMetrics(createRegistry(false)),
   );
-  t.after(() => worker.close());
+  defer(t, () => worker.close());
   await worker.start();
   return worker;
 }

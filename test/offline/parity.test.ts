@@ -38,6 +38,7 @@ import { createRegistry } from '../../src/ops/metrics.js';
 import { FeatureReader } from '../../src/reader/feature-reader.js';
 import { NeuralStateStore } from '../../src/state/neural-state.js';
 import { NeuralMetrics, NeuralWorker } from '../../src/workers/neural-worker.js';
+import { defer } from '../helpers/cleanup.js';
 import {
   eventMessages,
   loadCatalogueIntoRedis,
@@ -48,11 +49,14 @@ import {
 import {
   REDIS_URL,
   appliedCount,
+  checkNothingLeftBehind,
   produce,
   provision,
   testConfig,
   waitFor,
 } from '../helpers/services.js';
+
+checkNothingLeftBehind();
 
 const DIM = 16;
 const ITEM_COUNT = 40;
@@ -75,7 +79,7 @@ test('with a model, neural.* from the neural worker equal the backfill at the sa
 
 async function checkParity(t: TestContext, options: { neural: boolean }): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'affinity-parity-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
+  defer(t, () => rm(dir, { recursive: true, force: true }));
   const modelDir = join(dir, 'model');
   const config = testConfig({
     AFFINITY_HISTORY_MAX_EVENTS: '25',
@@ -100,10 +104,10 @@ async function checkParity(t: TestContext, options: { neural: boolean }): Promis
   await startWorker(t, config);
   if (options.neural) await startNeuralWorker(t, config);
   const redis = new Redis(REDIS_URL);
-  t.after(() => redis.quit());
+  defer(t, () => redis.quit());
   const caughtUp = options.neural ? neuralCaughtUp(redis, admin, config) : async () => true;
   const reader = FeatureReader.fromConfig(config);
-  t.after(() => reader.close());
+  defer(t, () => reader.close());
 
   let previousMs = Number.NEGATIVE_INFINITY;
   let produced = 0;
@@ -160,7 +164,7 @@ async function writeModel(dir: string): Promise<void> {
 async function startNeuralWorker(t: TestContext, config: Config): Promise<void> {
   const metrics = new NeuralMetrics(createRegistry(false));
   const worker = new NeuralWorker(config, createLogger('silent'), metrics);
-  t.after(() => worker.close());
+  defer(t, () => worker.close());
   await worker.start();
 }
 

@@ -22,7 +22,10 @@ import { FeatureReader } from '../../src/reader/feature-reader.js';
 import { RedisNeuralSource } from '../../src/reader/neural-source.js';
 import { NeuralStateStore } from '../../src/state/neural-state.js';
 import { loadCatalogueIntoRedis, randomCatalogue } from '../helpers/fixtures.js';
-import { REDIS_URL, deleteKeys, testConfig } from '../helpers/services.js';
+import { defer } from '../helpers/cleanup.js';
+import { REDIS_URL, checkNothingLeftBehind, deleteKeys, testConfig } from '../helpers/services.js';
+
+checkNothingLeftBehind();
 
 const DIM = 12;
 const HOUR_MS = 3_600_000;
@@ -49,14 +52,14 @@ async function writeModel(dir: string, seed: number): Promise<LoadedModel> {
 
 async function setUp(t: TestContext) {
   const dir = await mkdtemp(join(tmpdir(), 'affinity-model-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
+  defer(t, () => rm(dir, { recursive: true, force: true }));
   // The reader's own poll is far away: only the fixes under test can bring a new model in.
   const config = testConfig({ AFFINITY_NEURAL_MODEL_DIR: dir, AFFINITY_NEURAL_MODEL_POLL: '10m' });
-  t.after(() => deleteKeys(config.keyPrefix));
+  defer(t, () => deleteKeys(config.keyPrefix));
   const items = randomCatalogue(30, DIM, 4);
   await loadCatalogueIntoRedis(config, items);
   const redis = new Redis(REDIS_URL);
-  t.after(() => redis.quit());
+  defer(t, () => redis.quit());
   return { config, dir, items, redis };
 }
 
@@ -95,7 +98,7 @@ test('an item whose embedding changes is scored with the new embedding', async (
   const model = await writeModel(dir, 1);
   const encoding = await storeEncoding(redis, config, 'ann', model, items);
   const reader = FeatureReader.fromConfig(config, createLogger('silent'));
-  t.after(() => reader.close());
+  defer(t, () => reader.close());
 
   const before = await neuralScore(reader, 'ann', 'i3');
   assert.ok(
@@ -120,7 +123,7 @@ test('an encoding of a model the reader has not loaded yet makes it load that mo
   const first = await writeModel(dir, 1);
   await storeEncoding(redis, config, 'ann', first, items);
   const reader = FeatureReader.fromConfig(config, createLogger('silent'));
-  t.after(() => reader.close());
+  defer(t, () => reader.close());
   assert.notEqual(await neuralScore(reader, 'ann', 'i3'), null);
 
   // The neural worker swaps and re-encodes ann long before the reader's next poll.

@@ -16,6 +16,7 @@ import type { AggregateLayout } from '../../src/features/aggregate.js';
 import { UserStateStore } from '../../src/state/store.js';
 import type { SequencedEvent, UpdateContext } from '../../src/state/user-state.js';
 import { applyEvents, emptyUserState } from '../../src/state/user-state.js';
+import { defer } from '../helpers/cleanup.js';
 import {
   eventMessages,
   loadCatalogueIntoRedis,
@@ -25,12 +26,15 @@ import {
 import {
   REDIS_URL,
   appliedCount,
+  checkNothingLeftBehind,
   configEnv,
   produce,
   provision,
   testConfig,
   waitFor,
 } from '../helpers/services.js';
+
+checkNothingLeftBehind();
 
 const CLI = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
 const USERS = Array.from({ length: 40 }, (_, i) => `user-${i}`);
@@ -59,7 +63,7 @@ test('a worker killed with SIGKILL mid-stream and restarted applies every event 
   const events = randomEvents(USERS, 100, 200, 8, Date.now());
   const messages = eventMessages(events);
   const redis = new Redis(REDIS_URL);
-  t.after(() => redis.quit());
+  defer(t, () => redis.quit());
 
   // Small fetches make many batches, so the kill falls between batches' write and commit.
   const env = configEnv(config, {
@@ -69,7 +73,7 @@ test('a worker killed with SIGKILL mid-stream and restarted applies every event 
     AFFINITY_KAFKA_SESSION_TIMEOUT: '6s',
   });
   const first = spawnWorker(env);
-  t.after(() => first.kill('SIGKILL'));
+  defer(t, () => first.kill('SIGKILL'));
   const streaming = produceSteadily(config.eventsTopic, messages);
   await waitFor(
     'a first part of the stream applied',
@@ -82,7 +86,7 @@ test('a worker killed with SIGKILL mid-stream and restarted applies every event 
 
   await streaming;
   const second = spawnWorker(env);
-  t.after(() => second.kill('SIGKILL'));
+  defer(t, () => second.kill('SIGKILL'));
   await waitFor(
     'every event applied',
     async () => (await appliedCount(redis, config, USERS)) === events.length,

@@ -19,9 +19,11 @@ import {
   randomCatalogue,
   randomEvents,
 } from '../helpers/fixtures.js';
+import { defer } from '../helpers/cleanup.js';
 import {
   REDIS_URL,
   appliedCount,
+  checkNothingLeftBehind,
   configEnv,
   produce,
   provision,
@@ -32,6 +34,8 @@ import {
 const CLI = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
 const USERS = Array.from({ length: 10 }, (_, i) => `user-${i}`);
 
+checkNothingLeftBehind();
+
 test('SIGTERM writes the applied events and commits their offsets before exiting', async (t) => {
   const config = testConfig();
   const admin = await provision(t, config, 1);
@@ -40,7 +44,7 @@ test('SIGTERM writes the applied events and commits their offsets before exiting
   const events = randomEvents(USERS, 20, 50, 6, Date.now());
   await produce(config.eventsTopic, eventMessages(events));
   const redis = new Redis(REDIS_URL);
-  t.after(() => redis.quit());
+  defer(t, () => redis.quit());
 
   const port = await freePort();
   const worker = spawn(process.execPath, [CLI, 'worker'], {
@@ -54,7 +58,7 @@ test('SIGTERM writes the applied events and commits their offsets before exiting
     },
     stdio: ['ignore', 'ignore', 'inherit'],
   });
-  t.after(() => worker.kill('SIGKILL'));
+  defer(t, () => worker.kill('SIGKILL'));
   await waitFor('the worker to consume the whole topic', async () => {
     const lag = await metricValue(port, 'affinity_consumer_lag_messages');
     const consumed = await metricValue(port, 'affinity_events_consumed_total');

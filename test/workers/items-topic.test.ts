@@ -10,15 +10,20 @@ import { Redis } from 'ioredis';
 import { computeGramian } from '../../src/features/gramian.js';
 import { ItemStore } from '../../src/items/store.js';
 import { FeatureReader } from '../../src/reader/feature-reader.js';
+import { defer } from '../helpers/cleanup.js';
 import { loadCatalogueIntoRedis, randomCatalogue, startWorker } from '../helpers/fixtures.js';
 import {
   REDIS_URL,
   appliedCount,
+  checkNothingLeftBehind,
   produce,
   provision,
+  readDeadLetters,
   testConfig,
   waitFor,
 } from '../helpers/services.js';
+
+checkNothingLeftBehind();
 
 const DIM = 8;
 
@@ -33,7 +38,7 @@ test('item changes from the topic keep the catalogue and its Gramian exact', asy
   await loadCatalogueIntoRedis(config, initial);
   const extra = randomCatalogue(14, DIM, 99);
   const redis = new Redis(REDIS_URL);
-  t.after(() => redis.quit());
+  defer(t, () => redis.quit());
   const store = new ItemStore(redis, { prefix: config.keyPrefix });
   const startVersion = (await store.requireMeta()).version;
 
@@ -81,7 +86,7 @@ test('an event whose item has no embedding yet is counted, kept, and used once i
   await loadCatalogueIntoRedis(config, randomCatalogue(5, DIM, 1));
   await startWorker(t, config);
   const redis = new Redis(REDIS_URL);
-  t.after(() => redis.quit());
+  defer(t, () => redis.quit());
 
   const nowMs = Date.now();
   await produce(config.eventsTopic, [
@@ -92,7 +97,7 @@ test('an event whose item has no embedding yet is counted, kept, and used once i
   ]);
   await waitFor('the event applied', async () => (await appliedCount(redis, config, ['u'])) === 1);
   const reader = FeatureReader.fromConfig(config);
-  t.after(() => reader.close());
+  defer(t, () => reader.close());
   const before = await reader.features('u', ['i0'], nowMs);
   assert.equal(before.items[0]!.features['agg.pos.6h.weight'], 0);
   assert.equal(before.items[0]!.features['agg.pos.6h.cos'], null);
@@ -107,4 +112,61 @@ test('an event whose item has no embedding yet is counted, kept, and used once i
   const weight = after.items[0]!.features['agg.pos.6h.weight']!;
   assert.ok(Math.abs(weight - 3 * 2 ** (-1_000 / 21_600_000)) < 1e-9);
   assert.ok(Math.abs(after.items[0]!.features['agg.pos.6h.cos']! - 1) < 1e-6);
+});
+
+test('a catalogue created from the topic alone is normalised and not centred', async (t) => {
+  const config = testConfig();
+  await provision(t, config);
+  const raw = new Map([
+    ['a', Float32Array.from([3, 4, 0, 0, 0, 0, 0, 0])],
+    ['b', Float32Array.from([0, 0, 2, 0, 0, 0, 0, 0])],
+  ]);
+  // One value as float32 bytes, one as a JSON array; a tombstone then removes a third item.
+  await produce(config.itemsTopic, [
+    { key: 'a', value: bytes(raw.get('a')!) },
+    { key: 'b', value: JSON.stringify([...raw.get('b')!]) },
+    { key: 'c', value: JSON.stringify([1, 1, 1, 1, 1, 1, 1, 1]) },
+    { key: 'c', value: null },
+  ]);
+  await startWorker(t, config);
+  const redis = new Redis(REDIS_URL);
+  defer(t, () => redis.quit());
+  const store = new ItemStore(redis, { prefix: config.keyPrefix });
+  await waitFor('the catalogue created from the topic', async () => {
+    const meta = await store.readMeta();
+    return meta !== null && (await store.getMany(['c'], DIM)).size === 0 && meta.count === 2;
+  });
+
+  const meta = await store.requireMeta();
+  assert.equal(meta.dim, DIM);
+  assert.equal(meta.centered, false);
+  assert.equal(meta.normalized, true);
+  assert.equal(meta.mean, null);
+  const stored = await store.getMany(['a', 'b', 'c'], DIM);
+  assert.deepEqual([...stored.keys()].sort(), ['a', 'b']);
+  // Scaled to unit length and nothing subtracted: exact in float32 for these vectors.
+  assert.deepEqual([...stored.get('a')!], [0.6, 0.8, 0, 0, 0, 0, 0, 0].map(Math.fround));
+  assert.deepEqual([...stored.get('b')!], [0, 0, 1, 0, 0, 0, 0, 0]);
+});
+
+test('without a catalogue, the first embedding fixes the dimension; others are dead-lettered', async (t) => {
+  const config = testConfig();
+  await provision(t, config);
+  await produce(config.itemsTopic, [
+    { key: 'a', value: JSON.stringify([1, 0, 0, 0, 0, 0, 0, 0]) },
+    { key: 'short', value: JSON.stringify([1, 2, 3, 4, 5]) },
+    { key: 'b', value: JSON.stringify([0, 1, 0, 0, 0, 0, 0, 0]) },
+  ]);
+  await startWorker(t, config);
+  const redis = new Redis(REDIS_URL);
+  defer(t, () => redis.quit());
+  const store = new ItemStore(redis, { prefix: config.keyPrefix });
+  await waitFor('the catalogue created from the topic', async () => {
+    return (await store.readMeta())?.count === 2;
+  });
+
+  assert.equal((await store.requireMeta()).dim, DIM);
+  const [letter] = await readDeadLetters(config, 1);
+  assert.equal(letter?.key?.toString(), 'short');
+  assert.equal(letter?.headers?.['affinity-reason']?.toString(), 'item_invalid');
 });

@@ -27,6 +27,7 @@ import type { NeuralUserState } from '../../src/state/neural-state.js';
 import { NeuralStateStore } from '../../src/state/neural-state.js';
 import { compareHistory } from '../../src/state/user-state.js';
 import { NeuralMetrics, NeuralWorker } from '../../src/workers/neural-worker.js';
+import { defer } from '../helpers/cleanup.js';
 import {
   eventMessages,
   loadCatalogueIntoRedis,
@@ -35,12 +36,16 @@ import {
 } from '../helpers/fixtures.js';
 import {
   REDIS_URL,
+  checkNothingLeftBehind,
+  deleteKeys,
   produce,
   provision,
   testConfig,
   testKafka,
   waitFor,
 } from '../helpers/services.js';
+
+checkNothingLeftBehind();
 
 const DIM = 12;
 const CATALOGUE_ITEMS = 30;
@@ -79,20 +84,21 @@ interface Setup {
 
 async function setUp(t: TestContext, kafka = true): Promise<Setup> {
   const dir = await mkdtemp(join(tmpdir(), 'affinity-model-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
+  defer(t, () => rm(dir, { recursive: true, force: true }));
   const config = testConfig({ AFFINITY_NEURAL_MODEL_DIR: dir, AFFINITY_NEURAL_MODEL_POLL: '50ms' });
   if (kafka) await provision(t, config, 2);
+  else defer(t, () => deleteKeys(config.keyPrefix));
   const items = randomCatalogue(CATALOGUE_ITEMS, DIM, 4);
   await loadCatalogueIntoRedis(config, items);
   const redis = new Redis(REDIS_URL);
-  t.after(() => redis.quit());
+  defer(t, () => redis.quit());
   const store = new NeuralStateStore(redis, { prefix: config.keyPrefix }, 0);
   return { config, dir, redis, items, store };
 }
 
 function newWorker(t: TestContext, config: Config, registry = createRegistry(false)) {
   const worker = new NeuralWorker(config, createLogger('silent'), new NeuralMetrics(registry));
-  t.after(() => worker.close());
+  defer(t, () => worker.close());
   return worker;
 }
 
@@ -158,7 +164,7 @@ test('the stored encoding equals the offline encoding of the same history', asyn
   }
 
   const reader = FeatureReader.fromConfig(config, createLogger('silent'));
-  t.after(() => reader.close());
+  defer(t, () => reader.close());
   const { items: scored } = await reader.features('ann', ['i3'], Date.now());
   const score = dot(states.get('ann')!.encoding!, model.itemVector('i3', items.get('i3')!));
   // float32 vectors, float64 sums: the reader's dot product equals this one to 1e-9.
@@ -319,7 +325,7 @@ test('a model swap while events flow leaves no user with a mixed or missing enco
     { ...config, neuralModelPollMs: 600_000 },
     createLogger('silent'),
   );
-  t.after(() => reader.close());
+  defer(t, () => reader.close());
 
   // Sample store and reader continuously from here on; a failed check ends every wait below.
   let failure: unknown = null;

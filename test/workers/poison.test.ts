@@ -7,19 +7,21 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import type { KafkaMessage } from 'kafkajs';
 import { Redis } from 'ioredis';
 import { loadCatalogueIntoRedis, randomCatalogue, startWorker } from '../helpers/fixtures.js';
+import { defer } from '../helpers/cleanup.js';
 import {
   REDIS_URL,
   appliedCount,
+  checkNothingLeftBehind,
   produce,
   provision,
+  readDeadLetters,
   testConfig,
-  testKafka,
-  uniqueName,
   waitFor,
 } from '../helpers/services.js';
+
+checkNothingLeftBehind();
 
 /** The dead-letter topic's record limit in the second test, far below the 4 KB message. */
 const DEAD_LETTER_MAX_BYTES = 2_048;
@@ -38,12 +40,12 @@ test('a value that would overflow the sums is dead-lettered; the next events are
 
   await startWorker(t, config);
   const redis = new Redis(REDIS_URL);
-  t.after(() => redis.quit());
+  defer(t, () => redis.quit());
   await waitFor('the two good events applied', async () => {
     return (await appliedCount(redis, config, ['u'])) === 2;
   });
 
-  const [letter] = await readTopic(config.deadLetterTopic, 1);
+  const [letter] = await readDeadLetters(config, 1);
   assert.equal(letter?.headers?.['affinity-reason']?.toString(), 'invalid_value');
   const weights = await redis.hgetBuffer(`${config.keyPrefix}u:{u}`, 'weights');
   assert.ok(weights, 'the state has its weights');
@@ -82,12 +84,12 @@ test('a letter larger than the dead-letter topic takes is sent cut, with its len
 
   await startWorker(t, config);
   const redis = new Redis(REDIS_URL);
-  t.after(() => redis.quit());
+  defer(t, () => redis.quit());
   await waitFor('both good events applied', async () => {
     return (await appliedCount(redis, config, ['u'])) === 2;
   });
 
-  const letters = await readTopic(config.deadLetterTopic, 2);
+  const letters = await readDeadLetters(config, 2);
   const cut = letters.find(
     (letter) => letter.headers?.['affinity-reason']?.toString() === 'too_large',
   );
@@ -104,17 +106,3 @@ test('a letter larger than the dead-letter topic takes is sent cut, with its len
   assert.equal(whole?.value?.toString(), small, 'a letter that fits keeps its original bytes');
   assert.equal(whole?.headers?.['affinity-truncated-from-bytes'], undefined);
 });
-
-async function readTopic(topic: string, count: number): Promise<KafkaMessage[]> {
-  const consumer = testKafka().consumer({ groupId: uniqueName('dlq-reader') });
-  const received: KafkaMessage[] = [];
-  await consumer.connect();
-  try {
-    await consumer.subscribe({ topic, fromBeginning: true });
-    await consumer.run({ eachMessage: async ({ message }) => void received.push(message) });
-    await waitFor(`${count} dead letters`, () => received.length >= count);
-  } finally {
-    await consumer.disconnect();
-  }
-  return received;
-}

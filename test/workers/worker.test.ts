@@ -11,6 +11,7 @@ import { computeGramian } from '../../src/features/gramian.js';
 import { FeatureReader } from '../../src/reader/feature-reader.js';
 import { exactDual } from '../../src/state/dual-step.js';
 import { UserStateStore } from '../../src/state/store.js';
+import { defer } from '../helpers/cleanup.js';
 import {
   DEFAULT_WEIGHTS,
   eventMessages,
@@ -23,11 +24,14 @@ import { referenceFeatures } from '../helpers/reference.js';
 import {
   REDIS_URL,
   appliedCount,
+  checkNothingLeftBehind,
   produce,
   provision,
   testConfig,
   waitFor,
 } from '../helpers/services.js';
+
+checkNothingLeftBehind();
 
 const DIM = 16;
 const ITEM_COUNT = 40;
@@ -64,14 +68,14 @@ test('features from events streamed through Kafka equal a plain reference comput
 
   await startWorker(t, config);
   const redis = new Redis(REDIS_URL);
-  t.after(() => redis.quit());
+  defer(t, () => redis.quit());
   await waitFor(
     'all events applied',
     async () => (await appliedCount(redis, config, USERS)) === events.length,
   );
 
   const reader = FeatureReader.fromConfig(config);
-  t.after(() => reader.close());
+  defer(t, () => reader.close());
   const candidates = ['i0', 'i5', 'i17', 'i39'];
   const settings = {
     halfLivesMs: [...config.halfLivesMs],
@@ -117,7 +121,7 @@ test('redelivered and re-sent events are applied once', async (t) => {
 
   const first = await startWorker(t, config);
   const redis = new Redis(REDIS_URL);
-  t.after(() => redis.quit());
+  defer(t, () => redis.quit());
   await waitFor(
     'all events applied',
     async () => (await appliedCount(redis, config, USERS)) === events.length,
