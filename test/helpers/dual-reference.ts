@@ -5,6 +5,7 @@
  * ml-matrix's symmetric eigensolver. Also the slack a test allows beyond the tolerance.
  */
 import { CholeskyDecomposition, EigenvalueDecomposition, Matrix } from 'ml-matrix';
+import type { InteractionEvent } from '../../src/events/types.js';
 import type { DualParams, DualTerm } from '../../src/features/dual.js';
 import type { Gramian } from '../../src/features/gramian.js';
 
@@ -84,4 +85,37 @@ export function relativeError(actual: ArrayLike<number>, expected: ArrayLike<num
     reference += expected[i]! ** 2;
   }
   return Math.sqrt(difference / reference);
+}
+
+/**
+ * Method 2's terms by the definition, from one user's events: the newest `historyMax` by
+ * (ts, item, type), confidence |type weight| x value x 2^(-(anchor - ts) / halfLife) with the
+ * anchor the newest time of all the user's events, target 1 for a positive weight and 0 for a
+ * negative one (the default targets).
+ */
+export function expectedDualTerms(
+  own: readonly InteractionEvent[],
+  historyMax: number,
+  halfLifeMs: number,
+  embeddings: ReadonlyMap<string, Float32Array>,
+  weights: Readonly<Record<string, number>>,
+): DualTerm[] {
+  const anchorMs = Math.max(...own.map((event) => event.ts));
+  const newest = [...own].sort(byHistoryOrder).slice(-historyMax);
+  return newest.map((event) => {
+    const weight = weights[event.type]!;
+    return {
+      itemId: event.item,
+      embedding: embeddings.get(event.item)!,
+      confidence:
+        Math.abs(weight) * (event.value ?? 1) * 2 ** (-(anchorMs - event.ts) / halfLifeMs),
+      target: weight > 0 ? 1 : 0,
+    };
+  });
+}
+
+function byHistoryOrder(a: InteractionEvent, b: InteractionEvent): number {
+  if (a.ts !== b.ts) return a.ts - b.ts;
+  if (a.item !== b.item) return a.item < b.item ? -1 : 1;
+  return a.type < b.type ? -1 : a.type > b.type ? 1 : 0;
 }

@@ -9,8 +9,6 @@ import type { Admin } from 'kafkajs';
 import { Redis } from 'ioredis';
 import { computeGramian } from '../../src/features/gramian.js';
 import { FeatureReader } from '../../src/reader/feature-reader.js';
-import type { InteractionEvent } from '../../src/events/types.js';
-import type { DualTerm } from '../../src/features/dual.js';
 import { ItemStore } from '../../src/items/store.js';
 import { UserStateStore } from '../../src/state/store.js';
 import {
@@ -21,7 +19,12 @@ import {
   randomEvents,
   startWorker,
 } from '../helpers/fixtures.js';
-import { errorSlack, referenceSolve, relativeError } from '../helpers/dual-reference.js';
+import {
+  errorSlack,
+  expectedDualTerms,
+  referenceSolve,
+  relativeError,
+} from '../helpers/dual-reference.js';
 import { referenceFeatures } from '../helpers/reference.js';
 import {
   REDIS_URL,
@@ -109,7 +112,7 @@ test('features from events streamed through Kafka equal a plain reference comput
   for (const user of USERS) {
     const state = await store.load(user, { dim: DIM, halfLivesMs: config.halfLivesMs });
     const own = events.filter((event) => event.user === user);
-    const terms = expectedDualTerms(own, 20, config.dual.halfLifeMs, stored);
+    const terms = expectedDualTerms(own, 20, config.dual.halfLifeMs, stored, DEFAULT_WEIGHTS);
     const reference = referenceSolve(gramian, gramian.count, terms, config.dual);
     const error = relativeError(state.dual!.vector, reference.solution);
     // Tolerance 1e-9 (AFFINITY_DUAL_TOLERANCE) plus errorSlack: the float32 storage of the
@@ -118,37 +121,6 @@ test('features from events streamed through Kafka equal a plain reference comput
     assert.ok(error <= 1e-9 + slack, `${user}: dual differs by ${error}`);
   }
 });
-
-/**
- * Method 2's terms by the definition: the user's newest `historyMax` events by (ts, item, type),
- * confidence |type weight| x value x 2^(-(anchor - ts) / halfLife) with the anchor the newest
- * event time of all of the user's events, target 1 for positive types and 0 for negative ones.
- */
-function expectedDualTerms(
-  own: readonly InteractionEvent[],
-  historyMax: number,
-  halfLifeMs: number,
-  embeddings: ReadonlyMap<string, Float32Array>,
-): DualTerm[] {
-  const anchorMs = Math.max(...own.map((event) => event.ts));
-  const newest = [...own].sort(byHistoryOrder).slice(-historyMax);
-  return newest.map((event) => {
-    const weight = DEFAULT_WEIGHTS[event.type]!;
-    return {
-      itemId: event.item,
-      embedding: embeddings.get(event.item)!,
-      confidence:
-        Math.abs(weight) * (event.value ?? 1) * 2 ** (-(anchorMs - event.ts) / halfLifeMs),
-      target: weight > 0 ? 1 : 0,
-    };
-  });
-}
-
-function byHistoryOrder(a: InteractionEvent, b: InteractionEvent): number {
-  if (a.ts !== b.ts) return a.ts - b.ts;
-  if (a.item !== b.item) return a.item < b.item ? -1 : 1;
-  return a.type < b.type ? -1 : a.type > b.type ? 1 : 0;
-}
 
 test('redelivered and re-sent events are applied once', async (t) => {
   const config = testConfig({ AFFINITY_HISTORY_MAX_EVENTS: '50' });
