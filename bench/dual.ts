@@ -14,11 +14,13 @@
  * call with the JavaScript fallback kernels instead of WebAssembly SIMD. The target is about a
  * warm-started solve, so its verdict uses "spec wrm!"; the serving figure is printed beside it.
  *
- * Parameters are the service's defaults (src/config/config.ts: a0, lambda, nu, tolerance and
- * the iteration cap), each of which an option can override. Each configuration runs over a handful of synthetic users; the paths are timed in
- * interleaved batches, and each figure is the median over batches of the CPU time per solve
+ * Each configuration runs over a handful of synthetic users; the paths are timed in interleaved
+ * batches, and each figure is the median over batches of the CPU time per solve
  * (process.cpuUsage: the cost on one core, which a shared host's other load does not inflate
  * as it does wall time); the JSON also carries the wall-clock median and the fastest batch.
+ *
+ * Parameters are the service's defaults (src/config/config.ts: a0, lambda, nu, tolerance and
+ * the iteration cap), each of which an option can override.
  *
  * Synthetic catalogue: unit vectors e = normalise(m + Q diag(s) z) with z standard normal,
  * s_k = (k + 1)^-1/2 (a spectrum decaying like 1/k), Q a random Gaussian matrix (so the
@@ -74,6 +76,8 @@ interface PathFigures {
   readonly gigaflopsPerSecond: number;
   /** Largest final relative residual |b - A u| / |b| over the users. */
   readonly maxRelativeResidual: number;
+  /** Largest relative error bound the solver reported (DualSolution.relativeErrorBound). */
+  readonly maxRelativeErrorBound: number;
 }
 
 interface ConfigurationFigures {
@@ -372,6 +376,7 @@ function pathFigures(
 ): PathFigures {
   const iterations = solutions.length === 0 ? 0 : mean(solutions.map((s) => s.iterations));
   const residuals = solutions.map((s) => s.relativeResidual);
+  const bounds = solutions.map((s) => s.relativeErrorBound);
   return {
     microsecondsPerSolve: timing.median,
     wallMicrosecondsPerSolve: timing.wallMedian,
@@ -379,6 +384,7 @@ function pathFigures(
     meanIterations: iterations,
     gigaflopsPerSecond: flops(iterations) / (timing.median * 1000),
     maxRelativeResidual: residuals.length === 0 ? 0 : Math.max(...residuals),
+    maxRelativeErrorBound: bounds.length === 0 ? 0 : Math.max(...bounds),
   };
 }
 

@@ -24,7 +24,7 @@
  * coordinates; Q is orthogonal, so |b - A u| / |b| and |u| are the same numbers as in dual.ts,
  * and the stop is dual.ts's, with which the tolerance bounds the relative error of u; its lower
  * eigenvalue bound comes from the diagonal-plus-rank-one form (`spectralStopRule`). Against
- * stopping at relative residual = tolerance that costs about 1 to 3 iterations more
+ * stopping at relative residual = tolerance that costs 0 to 3.5 iterations more
  * (docs/benchmarks.md).
  *
  * Catalogue changes. `withGramian(next)` keeps the eigenbasis of the solver's basis Gramian

@@ -40,10 +40,10 @@
  * As a condition on the relative residual: |r| / |b| <= tolerance / kappa-hat, with
  * kappa-hat = (1 + tolerance) |b| / (lambda-hat |x|), about |b| / (lambda-hat |x*|) <=
  * lambda_max(A) / lambda-hat. The a priori kappa(A) in its place would need an upper eigenvalue
- * bound as well (from traces, loose by up to the history's rank) and cost 0.25 to 1 iteration
- * more on bench/dual.ts's problems. The residual is that of A in the 2-norm, also in the
- * preconditioned iterations: kappa of the preconditioned M^-1/2 A M^-1/2 bounds the error only
- * in the norm |M^1/2 .| (for A = M = D diagonal, preconditioned kappa 1, with r along D's
+ * bound as well (from traces, loose by up to the history's rank) and, tried on problems like
+ * bench/dual.ts's, cost 0.25 to 1 iteration more. The residual is that of A in the 2-norm, also
+ * in the preconditioned iterations: kappa of the preconditioned M^-1/2 A M^-1/2 bounds the error
+ * only in the norm |M^1/2 .| (for A = M = D diagonal, preconditioned kappa 1, with r along D's
  * smallest entry and b along its largest, |x - x*| / |x*| = kappa(D) |r| / |b|).
  *
  * The residual is the one CG's recurrence carries. It drifts from b - A x by rounding, of order
