@@ -21,7 +21,11 @@
  *
  * Rotated embeddings are cached per item (`rotationCacheItems`), since an item's rotation costs
  * a d x d product and the same items recur across users. The residual is measured in rotated
- * coordinates; Q is orthogonal, so |b - A u| / |b| is the same number as in dual.ts.
+ * coordinates; Q is orthogonal, so |b - A u| / |b| and |u| are the same numbers as in dual.ts,
+ * and the stop is dual.ts's, with which the tolerance bounds the relative error of u; its lower
+ * eigenvalue bound comes from the diagonal-plus-rank-one form (`spectralStopRule`). Against
+ * stopping at relative residual = tolerance that costs 0 to 3.5 iterations more
+ * (docs/benchmarks.md).
  *
  * Catalogue changes. `withGramian(next)` keeps the eigenbasis of the solver's basis Gramian
  * G0 and writes the difference G_next - G0 as a low-rank symmetric term V S V^T, found by the
@@ -50,8 +54,16 @@
 
 import { EigenvalueDecomposition, Matrix } from 'ml-matrix';
 
-import { aggregateHistory, checkDualParams, lambdaForUser } from './dual.js';
-import type { AggregatedHistory, DualParams, DualSolution, DualTerm } from './dual.js';
+import {
+  aggregateHistory,
+  checkDualParams,
+  errorBound,
+  lambdaForUser,
+  stopReached,
+  stopRule,
+  zeroSolution,
+} from './dual.js';
+import type { AggregatedHistory, DualParams, DualSolution, DualTerm, StopRule } from './dual.js';
 import type { Gramian } from './gramian.js';
 
 /** Options of `DualSolver.create`, inherited by the solvers `withGramian` derives. */
@@ -184,8 +196,9 @@ export class DualSolver {
 
   /**
    * Solves the dual vector for `terms`, with the semantics of `solveDualCg`: events merged per
-   * item, lambda_u from `catalogueSize`, stop at relative residual `params.tolerance` or after
-   * `params.maxIterations` iterations, `warmStart` scaled by its optimal factor and ignored when
+   * item, lambda_u from `catalogueSize`, stop once the relative error is bounded by
+   * `params.tolerance` (see dual.ts) or after `params.maxIterations` iterations, `warmStart`
+   * scaled by its optimal factor and ignored when
    * unusable (wrong length, non-finite, zero) or, with the option `warmStart: 'auto'`, when it
    * would cost more than it saves. `params.preconditioner` is ignored: the eigenbasis
    * preconditioner D is always used. Throws a RangeError on invalid input.
@@ -199,7 +212,7 @@ export class DualSolver {
     checkDualParams(params, catalogueSize);
     const dim = this.dim;
     const history = aggregateHistory(terms, dim);
-    const zero = { vector: new Float32Array(dim), iterations: 0, relativeResidual: 0 };
+    const zero = zeroSolution(dim);
     if (history.embeddings.length === 0) return zero;
 
     const system = this.loadSystem(history, catalogueSize, params);
@@ -213,13 +226,16 @@ export class DualSolver {
       work.r.set(work.rhs);
     }
     const iterations = preconditionedCg(system, work, params);
-    const relativeResidual = Math.sqrt(dot(work.r, work.r)) / system.rhsNorm;
+    const residualNorm = Math.sqrt(dot(work.r, work.r));
+    // |u| = |u~|: Q is orthogonal.
+    const solutionNorm = Math.sqrt(dot(work.x, work.x));
 
     system.kernels.matrixVectorProduct(work.eigenvectorColumns, work.x, work.scratch);
     return {
       vector: Float32Array.from(work.scratch.subarray(0, dim)),
       iterations,
-      relativeResidual,
+      relativeResidual: residualNorm / system.rhsNorm,
+      relativeErrorBound: errorBound(system.stop, residualNorm, solutionNorm),
     };
   }
 
@@ -248,7 +264,8 @@ export class DualSolver {
 
   /**
    * Fills the work rows with the rotated history (weights C_h) followed by the correction
-   * (weights a0 s_k), the right-hand side b~ = sum_h C_h ybar_h e~_h and the preconditioner.
+   * (weights a0 s_k), the right-hand side b~ = sum_h C_h ybar_h e~_h, the preconditioner and
+   * the stop.
    */
   private loadSystem(
     history: AggregatedHistory,
@@ -264,6 +281,8 @@ export class DualSolver {
     const work = this.basis.work.reserveRows(paddedRows);
     const { rows, weights, coefficients, rhs, diagonal } = work;
     const stride = rhs.length;
+    // The most negative correction eigenvalue a0 s_k (0 if none), for the stop's lower bound.
+    let negativeWeight = 0;
 
     for (let h = 0; h < historySize; h++) {
       rotations.rotated(itemIds[h]!, embeddings[h]!, rows, h * stride);
@@ -273,7 +292,9 @@ export class DualSolver {
     if (correctionRank > 0) {
       rows.set(this.correction.rows, historySize * stride);
       for (let k = 0; k < correctionRank; k++) {
-        weights[historySize + k] = params.a0 * this.correction.weights[k]!;
+        const weight = params.a0 * this.correction.weights[k]!;
+        weights[historySize + k] = weight;
+        negativeWeight = Math.min(negativeWeight, weight * this.correction.squaredNorms[k]!);
       }
     }
     // The rows beyond rowCount weigh nothing; coefficients past the history neither.
@@ -285,7 +306,8 @@ export class DualSolver {
     const lambdaUser = lambdaForUser(params, historySize, catalogueSize);
     for (let k = 0; k < stride; k++) diagonal[k] = params.a0 * eigenvalues[k]! + lambdaUser;
     inversePreconditioner(work, rowCount);
-    return { kernels, rowCount, paddedRows, rhsNorm: Math.sqrt(dot(rhs, rhs)) };
+    const stop = spectralStopRule(diagonal, this.dim, negativeWeight, lambdaUser, params.tolerance);
+    return { kernels, rowCount, paddedRows, rhsNorm: Math.sqrt(dot(rhs, rhs)), stop };
   }
 
   /**
@@ -536,12 +558,15 @@ interface GramianCorrection {
   /** Row-major rank x p: row k is Q^T v_k, v_k orthonormal, zero-padded. */
   readonly rows: Float64Array;
   readonly weights: Float64Array;
+  /** |row k|^2: 1 up to rounding, kept for the stop's bound on the spectrum. */
+  readonly squaredNorms: Float64Array;
 }
 
 const EMPTY_CORRECTION: GramianCorrection = {
   rank: 0,
   rows: new Float64Array(0),
   weights: new Float64Array(0),
+  squaredNorms: new Float64Array(0),
 };
 
 /** Consecutive probes below the threshold that end the range finder: failure odds 10^-8. */
@@ -661,7 +686,11 @@ function compressedCorrection(
     matrixVectorProduct(rotation, stride, direction, row);
   });
   const weights = Float64Array.from(kept, (m) => small.realEigenvalues[m]!);
-  return { rank: kept.length, rows, weights };
+  const squaredNorms = Float64Array.from(kept, (_, k) => {
+    const row = rows.subarray(k * stride, (k + 1) * stride);
+    return dot(row, row);
+  });
+  return { rank: kept.length, rows, weights, squaredNorms };
 }
 
 /** Shape of the rotated system loaded into the work vectors. */
@@ -672,6 +701,7 @@ interface RotatedSystem {
   /** rowCount rounded up to a multiple of 4; the rows past rowCount weigh 0. */
   readonly paddedRows: number;
   readonly rhsNorm: number;
+  readonly stop: StopRule;
 }
 
 /** The work vectors of a basis, as views on its memory; every vector has length p. */
@@ -821,14 +851,49 @@ function inversePreconditioner(work: WorkViews, rowCount: number): void {
 }
 
 /**
- * Preconditioned CG from the x and r in `work` (Saad, algorithm 9.1), stopping on the
- * recurrence residual |r| <= tolerance |b|. Returns the iterations; x holds u~, r its residual.
+ * The stop of the eigenbasis path (see dual.ts), from a lower bound on the spectrum of
+ * A~ = D + sum_h w_h row_h row_h^T itself, kappa(A~) = kappa(A) as Q is orthogonal. By Weyl's
+ * inequalities (Horn and Johnson, "Matrix Analysis", 2nd ed., theorem 4.3.1) the rows of
+ * positive weight can only raise it, and the correction's rows are orthonormal (V orthonormal,
+ * Q orthogonal), so its eigenvalues are its weights a0 s_k and
+ * lambda_min >= min D + min(0, min_k a0 s_k); the negative weights come from removed items.
+ * A~ stands for a0 G + history + lambda_u I with G positive semi-definite, so lambda_u is a lower
+ * bound as well (up to the correction's 3e-10 |G|_F, far below it), the better one when a
+ * negative weight is large. D counts over the d real coordinates: the padding carries no row
+ * and no right-hand side, so CG never leaves the real ones. max D, of the order of |A~|, is the
+ * scale.
+ */
+function spectralStopRule(
+  diagonal: Float64Array,
+  dim: number,
+  negativeWeight: number,
+  lambdaUser: number,
+  tolerance: number,
+): StopRule {
+  let smallest = Number.POSITIVE_INFINITY;
+  let largest = 0;
+  for (let k = 0; k < dim; k++) {
+    smallest = Math.min(smallest, diagonal[k]!);
+    largest = Math.max(largest, diagonal[k]!);
+  }
+  return stopRule(tolerance, Math.max(lambdaUser, smallest + negativeWeight), largest);
+}
+
+/**
+ * Preconditioned CG from the x and r in `work` (Saad, algorithm 9.1), stopping as
+ * `system.stop` says (see dual.ts). Returns the iterations; x holds u~, r its residual.
  */
 function preconditionedCg(system: RotatedSystem, work: WorkViews, params: DualParams): number {
   const { x, r, z, p, ap, inverse } = work;
   const stride = x.length;
-  const threshold = params.tolerance * system.rhsNorm;
-  if (Math.sqrt(dot(r, r)) <= threshold) return 0;
+  const reached = (residualSquared: number, solutionSquared: number): boolean =>
+    stopReached(
+      system.stop,
+      Math.sqrt(residualSquared),
+      Math.sqrt(solutionSquared),
+      system.rhsNorm,
+    );
+  if (reached(dot(r, r), dot(x, x))) return 0;
 
   for (let k = 0; k < stride; k++) z[k] = inverse[k]! * r[k]!;
   p.set(z);
@@ -842,14 +907,17 @@ function preconditionedCg(system: RotatedSystem, work: WorkViews, params: DualPa
     if (!(curvature > 0)) break;
     const step = rz / curvature;
     let residualSquared = 0;
+    let solutionSquared = 0;
     for (let k = 0; k < stride; k++) {
-      x[k]! += step * p[k]!;
+      const xk = x[k]! + step * p[k]!;
+      x[k] = xk;
+      solutionSquared += xk * xk;
       const rk = r[k]! - step * ap[k]!;
       r[k] = rk;
       residualSquared += rk * rk;
     }
     iterations++;
-    if (Math.sqrt(residualSquared) <= threshold) break;
+    if (reached(residualSquared, solutionSquared)) break;
 
     let rzNext = 0;
     for (let k = 0; k < stride; k++) {

@@ -29,7 +29,33 @@
  * the eigenbasis of G, O(|H| d) per iteration, 10 to 25 times faster than `solveDualCg`
  * (bench/dual.ts).
  *
- * Everything is computed in float64; the vectors returned are float32.
+ * Where both CG paths stop. The tolerance bounds the relative error of the solution. With
+ * x - x* = A^-1 r and A symmetric positive definite, |x - x*| <= |r| / lambda_min(A) (Golub and
+ * Van Loan, "Matrix Computations", 4th ed., section 2.6; with |b| <= |A| |x*| it becomes the
+ * familiar |x - x*| / |x*| <= kappa(A) |r| / |b|). Each path has a cheap lower bound
+ * lambda-hat <= lambda_min(A); with e = |r| / lambda-hat and |x*| >= |x| - e, CG stops once
+ *
+ *   (1 + tolerance) e <= tolerance |x|,   so that   |x - x*| / |x*| <= e / (|x| - e) <= tolerance.
+ *
+ * As a condition on the relative residual: |r| / |b| <= tolerance / kappa-hat, with
+ * kappa-hat = (1 + tolerance) |b| / (lambda-hat |x|), about |b| / (lambda-hat |x*|) <=
+ * lambda_max(A) / lambda-hat. The a priori kappa(A) in its place would need an upper eigenvalue
+ * bound as well (from traces, loose by up to the history's rank) and, tried on problems like
+ * bench/dual.ts's, cost 0.25 to 1 iteration more. The residual is that of A in the 2-norm, also
+ * in the preconditioned iterations: kappa of the preconditioned M^-1/2 A M^-1/2 bounds the error
+ * only in the norm |M^1/2 .| (for A = M = D diagonal, preconditioned kappa 1, with r along D's
+ * smallest entry and b along its largest, |x - x*| / |x*| = kappa(D) |r| / |b|).
+ *
+ * The residual is the one CG's recurrence carries. It drifts from b - A x by rounding, of order
+ * k eps (|b| + |A| |x|) after k iterations (Greenbaum, "Estimating the attainable accuracy of
+ * recursively computed residual methods", SIAM J. Matrix Anal. Appl. 18(3), 1997), which moves
+ * the error bound by about k eps kappa(A): far below the tolerance unless kappa(A) nears
+ * tolerance / eps. Without a usable lower bound (lambda_u = 0 with a singular G, or lambda-hat
+ * below |A| / `MAX_CONDITION_BOUND`) the stop falls back to |r| <= tolerance |b| and reports an
+ * unbounded error (`DualSolution.relativeErrorBound`).
+ *
+ * Everything is computed in float64; the vectors returned are float32, which adds at most
+ * 2^-24 ~ 6e-8 to the relative error bounded above.
  */
 
 import { CholeskyDecomposition, Matrix } from 'ml-matrix';
@@ -44,7 +70,11 @@ export interface DualParams {
   readonly lambda: number;
   /** Exponent nu of the frequency scaling of lambda (0 gives a constant lambda_u). */
   readonly nu: number;
-  /** CG stops once the relative residual |b - A u| / |b| is at or below this, > 0. */
+  /**
+   * Bound on the relative error |u - u*| / |u*| of the float64 solution, > 0: CG stops once the
+   * residual proves it (see the module comment), or falls back to the relative residual
+   * |b - A u| / |b| <= tolerance when no lower bound on A's spectrum is usable.
+   */
   readonly tolerance: number;
   /** CG stops after this many iterations even above tolerance, a non-negative integer. */
   readonly maxIterations: number;
@@ -88,6 +118,59 @@ export interface DualSolution {
   readonly iterations: number;
   /** |b - A u| / |b| as tracked by the CG recurrence (0 when b = 0). */
   readonly relativeResidual: number;
+  /**
+   * Bound on |u - u*| / |u*| before the float32 rounding, e / (|u| - e) with e = |r| / lambda-hat:
+   * at most the tolerance unless the iteration cap ended the solve; Infinity when no lower
+   * bound on A's spectrum was usable (see `stopRule`); 0 when b = 0.
+   */
+  readonly relativeErrorBound: number;
+}
+
+/**
+ * Largest |A| / lambda-hat the stop works with: beyond it float64 could not deliver the
+ * accuracy anyway (an error of order kappa eps exceeds 1e-4) and the residual asked for would
+ * only cost iterations, so the stop falls back to the relative residual. Only lambda = 0 or a
+ * tiny lambda gets there.
+ */
+export const MAX_CONDITION_BOUND = 1e-4 / Number.EPSILON;
+
+/** How a CG solve stops: the tolerance and a lower bound on lambda_min(A), 0 for none. */
+export interface StopRule {
+  readonly tolerance: number;
+  /** lambda-hat, 0 when no usable bound exists and the stop is |r| <= tolerance |b|. */
+  readonly lowerEigenvalue: number;
+}
+
+/**
+ * The stop for a lower bound `lower` on lambda_min(A) and `scale` <= |A| (a diagonal entry or
+ * the largest preconditioner entry will do): the bound is used when it is positive and
+ * scale / lower <= MAX_CONDITION_BOUND.
+ */
+export function stopRule(tolerance: number, lower: number, scale: number): StopRule {
+  const usable = lower > 0 && scale / lower <= MAX_CONDITION_BOUND;
+  return { tolerance, lowerEigenvalue: usable ? lower : 0 };
+}
+
+/** Whether CG may stop at residual norm |r| and iterate norm |x| (see the module comment). */
+export function stopReached(
+  stop: StopRule,
+  residualNorm: number,
+  solutionNorm: number,
+  rhsNorm: number,
+): boolean {
+  if (stop.lowerEigenvalue === 0) return residualNorm <= stop.tolerance * rhsNorm;
+  const errorNorm = residualNorm / stop.lowerEigenvalue;
+  return (1 + stop.tolerance) * errorNorm <= stop.tolerance * solutionNorm;
+}
+
+/** e / (|x| - e), e = |r| / lambda-hat: the bound on |x - x*| / |x*| the stop works with. */
+export function errorBound(stop: StopRule, residualNorm: number, solutionNorm: number): number {
+  if (residualNorm === 0) return 0;
+  if (stop.lowerEigenvalue === 0) return Number.POSITIVE_INFINITY;
+  const errorNorm = residualNorm / stop.lowerEigenvalue;
+  return errorNorm < solutionNorm
+    ? errorNorm / (solutionNorm - errorNorm)
+    : Number.POSITIVE_INFINITY;
 }
 
 /** lambda_u = lambda * (historySize + a0 * catalogueSize)^nu. */
@@ -161,16 +244,45 @@ export function solveDualCg(
   const dim = gramian.dim;
   const history = aggregateHistory(terms, dim);
   const system = buildSystem(gramian, catalogueSize, history, params);
-  const zero = { vector: new Float32Array(dim), iterations: 0, relativeResidual: 0 };
+  const zero = zeroSolution(dim);
   if (system.rhsNorm === 0) return zero;
 
   const work = new CgWork(dim);
   const initialised = warmStart != null && startFrom(system, warmStart, work);
   if (!initialised) work.r.set(system.rhs);
 
-  const iterations = conjugateGradient(system, work, params);
-  const relativeResidual = Math.sqrt(squaredNorm(work.r)) / system.rhsNorm;
-  return { vector: Float32Array.from(work.x), iterations, relativeResidual };
+  const stop = plainStopRule(system, params.tolerance);
+  const iterations = conjugateGradient(system, work, params, stop);
+  const residualNorm = Math.sqrt(squaredNorm(work.r));
+  return {
+    vector: Float32Array.from(work.x),
+    iterations,
+    relativeResidual: residualNorm / system.rhsNorm,
+    relativeErrorBound: errorBound(stop, residualNorm, Math.sqrt(squaredNorm(work.x))),
+  };
+}
+
+/** The solution for b = 0: u = 0 exactly, no iteration. */
+export function zeroSolution(dim: number): DualSolution {
+  return {
+    vector: new Float32Array(dim),
+    iterations: 0,
+    relativeResidual: 0,
+    relativeErrorBound: 0,
+  };
+}
+
+/**
+ * The stop of the plain path. A = a0 G + sum_h C_h e_h e_h^T + lambda_u I with G and the history
+ * positive semi-definite, so lambda_min(A) >= lambda_u (Weyl's inequalities: Horn and Johnson,
+ * "Matrix Analysis", 2nd ed., theorem 4.3.1); a0 max_j G_jj + lambda_u <= max_j A_jj <= |A| is
+ * the scale, O(d).
+ */
+function plainStopRule(system: DualSystem, tolerance: number): StopRule {
+  const { dim, gramian, a0, lambdaUser } = system;
+  let largestDiagonal = 0;
+  for (let j = 0; j < dim; j++) largestDiagonal = Math.max(largestDiagonal, gramian[j * dim + j]!);
+  return stopRule(tolerance, lambdaUser, a0 * largestDiagonal + lambdaUser);
 }
 
 /**
@@ -289,14 +401,21 @@ function startFrom(system: DualSystem, warmStart: Float32Array, work: CgWork): b
 }
 
 /**
- * Preconditioned CG from the x and r already in `work` (Saad, algorithm 9.1). Returns the
- * number of iterations; leaves the solution in work.x and its residual in work.r.
+ * Preconditioned CG from the x and r already in `work` (Saad, algorithm 9.1), stopping as `stop`
+ * says (see the module comment). Returns the number of iterations; leaves the solution in
+ * work.x and its residual in work.r.
  */
-function conjugateGradient(system: DualSystem, work: CgWork, params: DualParams): number {
+function conjugateGradient(
+  system: DualSystem,
+  work: CgWork,
+  params: DualParams,
+  stop: StopRule,
+): number {
   const { x, r, p, ap, inverseDiagonal } = work;
-  const threshold = params.tolerance * system.rhsNorm;
   const dim = system.dim;
-  if (Math.sqrt(squaredNorm(r)) <= threshold) return 0;
+  const reached = (residualSquared: number, solutionSquared: number): boolean =>
+    stopReached(stop, Math.sqrt(residualSquared), Math.sqrt(solutionSquared), system.rhsNorm);
+  if (reached(squaredNorm(r), squaredNorm(x))) return 0;
 
   // Without a preconditioner z is r itself, which is plain CG.
   const jacobi = params.preconditioner === 'jacobi';
@@ -316,14 +435,17 @@ function conjugateGradient(system: DualSystem, work: CgWork, params: DualParams)
     if (!(curvature > 0)) break;
     const step = rz / curvature;
     let residualSquared = 0;
+    let solutionSquared = 0;
     for (let i = 0; i < dim; i++) {
-      x[i]! += step * p[i]!;
+      const xi = x[i]! + step * p[i]!;
+      x[i] = xi;
+      solutionSquared += xi * xi;
       const ri = r[i]! - step * ap[i]!;
       r[i] = ri;
       residualSquared += ri * ri;
     }
     iterations++;
-    if (Math.sqrt(residualSquared) <= threshold) break;
+    if (reached(residualSquared, solutionSquared)) break;
 
     if (jacobi) precondition(inverseDiagonal, r, z);
     const rzNext = dot64(r, z);

@@ -41,17 +41,27 @@ export class EmbeddingCache {
     this.listeners.push(listener);
   }
 
-  /** Brings the cache up to `version` (read by the caller, often in a batch's pipeline). */
+  /**
+   * Brings the cache up to `version` (read by the caller, often in a batch's pipeline), or to
+   * whichever later version the catalogue has reached by then.
+   *
+   * Meta and Gramian come from one snapshot, so they never mix two versions. The snapshot is
+   * taken before the change stream is read: the stream then names every item changed since the
+   * cache's version up to the snapshot's and perhaps beyond, and dropping a few entries too many
+   * only costs a look-up, whereas reading the stream first would keep the entries changed between
+   * the two reads while claiming the newer version.
+   */
   async sync(version: number): Promise<void> {
     if (version === this.version) return;
 
+    const snapshot = await this.store.readSnapshot(this.loadGramian);
     const changed = this.version < 0 ? null : await this.store.changesSince(this.version);
     if (changed === null) this.entries.clear();
     else for (const item of changed) this.entries.delete(item);
     for (const listener of this.listeners) listener(changed);
 
-    this.meta = await this.store.readMeta();
-    if (this.loadGramian && this.meta) this.gramian = await this.store.readGramian(this.meta.dim);
+    this.meta = snapshot?.meta ?? null;
+    this.gramian = snapshot?.gramian ?? null;
     this.version = this.meta?.version ?? version;
   }
 

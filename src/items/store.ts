@@ -40,6 +40,12 @@ export interface CatalogMeta {
   readonly count: number;
 }
 
+/** The catalogue meta and the Gramian of the same version (null when not asked for). */
+export interface CatalogSnapshot {
+  readonly meta: CatalogMeta;
+  readonly gramian: Gramian | null;
+}
+
 /** One change from the `item-embeddings` topic; a null embedding removes the item. */
 export interface ItemChange {
   readonly item: string;
@@ -47,21 +53,37 @@ export interface ItemChange {
   readonly embedding: Float32Array | null;
 }
 
+/**
+ * KEYS: meta, items, Gramian, change stream. ARGV: expected version, change count, encoded
+ * Gramian, stream cap, then per change the item id, its bytes as read (or '') and its new bytes
+ * (or '' to remove). Returns -1 when the version or an item moved since they were read. A change
+ * whose new bytes equal the current ones writes nothing and appends no stream record; when every
+ * change is such a no-op the version stays as it is and is returned.
+ */
 const APPLY_CHANGES_LUA = `
 local version = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
 if version ~= tonumber(ARGV[1]) then return -1 end
 local count = tonumber(ARGV[2])
+local changed = 0
 for i = 0, count - 1 do
   local id = ARGV[5 + i * 3]
   local expected = ARGV[6 + i * 3]
   local current = redis.call('HGET', KEYS[2], id) or ''
   if current ~= expected then return -1 end
+  if ARGV[7 + i * 3] ~= expected then changed = changed + 1 end
 end
+if changed == 0 then return version end
 for i = 0, count - 1 do
   local id = ARGV[5 + i * 3]
   local value = ARGV[7 + i * 3]
-  if value == '' then redis.call('HDEL', KEYS[2], id) else redis.call('HSET', KEYS[2], id, value) end
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'version', version + 1, 'item', id)
+  if value ~= ARGV[6 + i * 3] then
+    if value == '' then
+      redis.call('HDEL', KEYS[2], id)
+    else
+      redis.call('HSET', KEYS[2], id, value)
+    end
+    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'version', version + 1, 'item', id)
+  end
 end
 redis.call('SET', KEYS[3], ARGV[3])
 redis.call('HSET', KEYS[1], 'version', version + 1, 'count', redis.call('HLEN', KEYS[2]))
@@ -111,6 +133,29 @@ export class ItemStore {
       if (bytes && bytes.length === dim * 4) found.set(item, decodeFloat32LE(bytes));
     });
     return found;
+  }
+
+  /**
+   * The meta and, when `withGramian`, the Gramian, read in one MULTI so that both describe the
+   * same catalogue version: every write changes them together (one script, or one MULTI), and
+   * a transaction's reads see no other client's commands in between. Null without a catalogue.
+   */
+  async readSnapshot(withGramian: boolean): Promise<CatalogSnapshot | null> {
+    if (!withGramian) {
+      const meta = await this.readMeta();
+      return meta ? { meta, gramian: null } : null;
+    }
+    const replies = await this.redis
+      .multi()
+      .hgetallBuffer(catalogMetaKey(this.keys))
+      .getBuffer(catalogGramianKey(this.keys))
+      .exec();
+    const [metaReply, gramianReply] = replies ?? [];
+    const fields = transactionValue(metaReply) as Record<string, Buffer>;
+    const bytes = transactionValue(gramianReply) as Buffer | null;
+    const meta = decodeMeta(fields);
+    if (!meta) return null;
+    return { meta, gramian: bytes ? decodeGramian(bytes, meta.dim) : createGramian(meta.dim) };
   }
 
   async readGramian(dim: number): Promise<Gramian> {
@@ -182,7 +227,9 @@ export class ItemStore {
   /**
    * Applies topic changes with their rank-one Gramian updates, atomically and exactly once
    * across writers. Creates the catalogue meta from the first embedding when none exists.
-   * Returns the new version (unchanged when every change was a no-op).
+   * Returns the new version. A change that leaves an item as it is (the same embedding again, or
+   * the removal of an absent item) is a no-op: it touches neither the Gramian nor the change
+   * stream, and when every change is one the version is not bumped and is returned as it was.
    */
   async applyChanges(changes: readonly ItemChange[], createNormalized: boolean): Promise<number> {
     for (let attempt = 0; attempt < 10; attempt++) {
@@ -206,11 +253,14 @@ export class ItemStore {
     for (const change of changes) next.set(change.item, storedForm(change, meta));
     const args: (string | Buffer | number)[] = [];
     ids.forEach((id, index) => {
-      const bytes = currentBytes[index];
-      const before = bytes ? decodeFloat32LE(bytes) : null;
+      const bytes = currentBytes[index] ?? null;
       const after = next.get(id) ?? null;
-      replaceItem(gramian, before, after);
-      args.push(id, bytes ?? '', after ? float32Bytes(after) : '');
+      const afterBytes = after ? float32Bytes(after) : null;
+      // A no-op must leave G bit for bit: -e e^T + e e^T would add rounding.
+      if (!sameBytes(bytes, afterBytes)) {
+        replaceItem(gramian, bytes ? decodeFloat32LE(bytes) : null, after);
+      }
+      args.push(id, bytes ?? '', afterBytes ?? '');
     });
 
     const keys = [
@@ -223,6 +273,11 @@ export class ItemStore {
     const commands = this.redis as unknown as CatalogCommands;
     return commands.affinityApplyItemChanges(...keys, ...header, ...args);
   }
+}
+
+function sameBytes(a: Buffer | null, b: Buffer | null): boolean {
+  if (a === null || b === null) return a === b;
+  return a.equals(b);
 }
 
 function storedForm(change: ItemChange, meta: CatalogMeta): Float32Array | null {
@@ -271,6 +326,23 @@ function decodeMeta(fields: Record<string, Buffer>): CatalogMeta | null {
     version: Number(fields['version']?.toString() ?? 0),
     count: Number(fields['count']?.toString() ?? 0),
   };
+}
+
+/** The value of one reply of a MULTI; exec() gives no replies when the transaction aborted. */
+function transactionValue(reply: [Error | null, unknown] | undefined): unknown {
+  if (!reply) {
+    throw new AffinityError('REDIS_UNAVAILABLE', 'catalogue read: transaction returned no reply', {
+      retriable: true,
+    });
+  }
+  const [err, value] = reply;
+  if (err) {
+    throw new AffinityError('REDIS_UNAVAILABLE', 'catalogue read failed', {
+      cause: err,
+      retriable: true,
+    });
+  }
+  return value;
 }
 
 function versionOf(fields: string[]): number {

@@ -30,7 +30,7 @@ export interface DualState {
   vector: Float32Array;
   iterations: number;
   relativeResidual: number;
-  /** History items that entered the solve. */
+  /** History events that entered the solve, each counted (an item seen twice counts 2). */
   terms: number;
 }
 

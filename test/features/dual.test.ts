@@ -13,6 +13,7 @@ import {
 import type { DualParams, DualTerm } from '../../src/features/dual.js';
 import { computeGramian } from '../../src/features/gramian.js';
 import type { Gramian } from '../../src/features/gramian.js';
+import { errorSlack, referenceSolve, relativeError } from '../helpers/dual-reference.js';
 
 /** Mulberry32: a small seeded generator, uniform in [0, 1). */
 function mulberry32(seed: number): () => number {
@@ -117,16 +118,6 @@ function solveAdjugate3(a: number[][], b: number[]): number[] {
   );
 }
 
-function relativeError(actual: ArrayLike<number>, expected: ArrayLike<number>): number {
-  let difference = 0;
-  let reference = 0;
-  for (let i = 0; i < expected.length; i++) {
-    difference += (actual[i]! - expected[i]!) ** 2;
-    reference += expected[i]! ** 2;
-  }
-  return Math.sqrt(difference / reference);
-}
-
 test('lambdaForUser is lambda * (|H| + a0 |I|)^nu', () => {
   const base = params({ a0: 0.1, lambda: 0.5 });
 
@@ -137,7 +128,7 @@ test('lambdaForUser is lambda * (|H| + a0 |I|)^nu', () => {
   assert.equal(lambdaForUser({ ...base, nu: 0 }, 30, 10_000), 0.5);
 });
 
-test('CG matches the Cholesky solve on random problems', () => {
+test('CG is within the configured tolerance of the exact solution on random problems', () => {
   const random = mulberry32(11);
   const settings = [
     { a0: 0.01, lambda: 0.1, nu: 0 },
@@ -151,21 +142,87 @@ test('CG matches the Cholesky solve on random problems', () => {
     for (const historySize of [1, 7, 60, 200]) {
       const p = params({ ...settings[case_++ % settings.length]!, tolerance: 1e-6 });
       const problem = randomProblem(random, dim, historySize, 300);
-
-      const exact = solveDualExact(problem.gramian, 300, problem.terms, p);
-      const cg = solveDualCg(problem.gramian, 300, problem.terms, p);
-      const kappa = conditionNumber(systemByDefinition(problem, p).matrix);
-      const error = relativeError(cg.vector, exact);
-
-      const label = `d = ${dim}, |H| = ${historySize}, kappa = ${kappa.toFixed(1)}`;
-      assert.ok(cg.relativeResidual <= p.tolerance, label);
-      // Tolerance kappa * 1e-6 + 2e-7: relative error <= kappa(A) * relative residual, plus the
-      // float32 rounding of both vectors (2^-24 each). Over these cases kappa runs from 1.5 to
-      // about 400 and the error from 0 to about 130 times the 1e-6 tolerance, under the bound.
-      assert.ok(error <= kappa * p.tolerance + 2e-7, `${label}: error ${error}`);
+      const label = `d = ${dim}, |H| = ${historySize}`;
+      for (const preconditioner of ['none', 'jacobi'] as const) {
+        assertWithinTolerance(
+          problem,
+          300,
+          { ...p, preconditioner },
+          `${label}, ${preconditioner}`,
+        );
+      }
     }
   }
 });
+
+test('CG is within the configured tolerance on ill-conditioned problems', () => {
+  // Coordinates scaled over three orders of magnitude and a small lambda: kappa(A) of 2e5 to
+  // 2e6, where a stop at relative residual = tolerance leaves errors far above the tolerance.
+  // (Beyond about 1e6 the float64 rounding of reference and iteration, errorSlack, would rival
+  // a 1e-6 tolerance and the comparison would prove little.)
+  const random = mulberry32(21);
+  for (const [dim, lambda, tolerance] of [
+    [12, 1e-2, 1e-6],
+    [12, 1e-1, 1e-8],
+    [40, 1e-2, 1e-6],
+  ] as const) {
+    const problem = wideSpectrumProblem(random, dim, 30, 200);
+    const p = params({ a0: 0.1, lambda, nu: 0, tolerance, maxIterations: 10_000 });
+    const kappa = assertWithinTolerance(problem, 200, p, `d = ${dim}, lambda = ${lambda}`);
+    assert.ok(kappa > 1e4, `d = ${dim}: kappa ${kappa} is not ill-conditioned`);
+  }
+});
+
+/**
+ * Items uniform in [-1, 1]^d with coordinate k scaled by 10^(1.5 - 3k / (d - 1)), so that G's
+ * eigenvalues span six orders of magnitude; events as in `randomProblem`.
+ */
+function wideSpectrumProblem(
+  random: () => number,
+  dim: number,
+  historySize: number,
+  catalogueSize: number,
+): Problem {
+  const scales = Array.from({ length: dim }, (_, k) => 10 ** (1.5 - (3 * k) / (dim - 1)));
+  const catalogue = Array.from({ length: catalogueSize }, () =>
+    Float32Array.from({ length: dim }, (_, k) => (2 * random() - 1) * scales[k]!),
+  );
+  const terms = Array.from({ length: historySize }, (): DualTerm => {
+    const item = Math.floor(random() * catalogue.length);
+    return {
+      itemId: `item-${item}`,
+      embedding: catalogue[item]!,
+      confidence: 1 + 4 * random(),
+      target: 2 * random(),
+    };
+  });
+  return { catalogue, gramian: computeGramian(catalogue, dim), terms };
+}
+
+/**
+ * Solves by CG and asserts |u - u*| / |u*| <= tolerance + errorSlack against the float64
+ * reference, that the reported bound is within the tolerance and that the cap was not hit.
+ * Returns kappa(A).
+ */
+function assertWithinTolerance(
+  problem: Problem,
+  catalogueSize: number,
+  p: DualParams,
+  label: string,
+): number {
+  const reference = referenceSolve(problem.gramian, catalogueSize, problem.terms, p);
+  const cg = solveDualCg(problem.gramian, catalogueSize, problem.terms, p);
+  const error = relativeError(cg.vector, reference.solution);
+  const slack = errorSlack(p.tolerance, problem.gramian.dim, reference.kappa, cg.iterations);
+
+  const context = `${label}, kappa = ${reference.kappa.toExponential(1)}: error ${error}`;
+  assert.ok(cg.iterations < p.maxIterations, `${context}, iteration cap reached`);
+  assert.ok(cg.relativeErrorBound <= p.tolerance, `${context}, bound ${cg.relativeErrorBound}`);
+  // The bound is rigorous: the actual error lies below it, up to the rounding in errorSlack.
+  assert.ok(error <= cg.relativeErrorBound + slack, `${context} above its bound`);
+  assert.ok(error <= p.tolerance + slack, context);
+  return reference.kappa;
+}
 
 test('all three solvers match Cramer’s rule on random 2-dimensional problems', () => {
   const random = mulberry32(12);
@@ -253,9 +310,31 @@ test('a warm start from the exact solution converges in at most one iteration', 
 
     const warm = solveDualCg(problem.gramian, 300, problem.terms, p, exact);
 
+    // Its float32 rounding, 2^-24 ~ 6e-8 relative, is within the 1e-6 tolerance already.
     assert.ok(warm.iterations <= 1, `d = ${dim}: ${warm.iterations} iterations`);
-    // Tolerance 1e-6 relative residual, the configured tolerance.
-    assert.ok(warm.relativeResidual <= 1e-6);
+    assert.ok(warm.relativeErrorBound <= 1e-6);
+  }
+});
+
+test('a warm start whose error hides along the softest direction is not accepted', () => {
+  // Off u* by 100 times the tolerance along A's eigenvector of lambda_min: its residual is
+  // lambda_min(A) times its error, small, and only a true lower bound on lambda_min keeps the
+  // stop from taking it.
+  const random = mulberry32(22);
+  for (const dim of [8, 32]) {
+    const problem = wideSpectrumProblem(random, dim, 20, 300);
+    const p = params({ a0: 0.1, lambda: 0.01, nu: 0, tolerance: 1e-4, maxIterations: 10_000 });
+    const {
+      solution: exact,
+      softestDirection,
+      kappa,
+    } = referenceSolve(problem.gramian, 300, problem.terms, p);
+    const offset = 100 * p.tolerance * Math.hypot(...exact);
+    const warmStart = Float32Array.from(exact, (x, k) => x + offset * softestDirection[k]!);
+
+    const warm = solveDualCg(problem.gramian, 300, problem.terms, p, warmStart);
+    const error = relativeError(warm.vector, exact);
+    assert.ok(error <= p.tolerance + errorSlack(p.tolerance, dim, kappa, warm.iterations));
   }
 });
 
@@ -335,7 +414,12 @@ test('an empty history gives the zero vector in 0 iterations', () => {
       p,
       Float32Array.from({ length: 8 }, () => 1),
     );
-    assert.deepEqual(cg, { vector: new Float32Array(8), iterations: 0, relativeResidual: 0 });
+    assert.deepEqual(cg, {
+      vector: new Float32Array(8),
+      iterations: 0,
+      relativeResidual: 0,
+      relativeErrorBound: 0,
+    });
     assert.deepEqual(solveDualExact(problem.gramian, 20, terms, p), new Float32Array(8));
   }
 });
@@ -350,8 +434,8 @@ test('the Jacobi preconditioner reaches the same solution', () => {
     preconditioner: 'jacobi',
   });
 
-  // Tolerance 1e-6 relative: kappa(A) is below 100 here, times the 1e-8 residual, plus float32.
-  assert.ok(relativeError(jacobi.vector, exact) < 1e-6);
+  // Tolerance 1e-8 + 2 * 2^-24: the solve's bound plus the float32 rounding of both vectors.
+  assert.ok(relativeError(jacobi.vector, exact) < 1e-8 + 2 * 2 ** -24);
 });
 
 test('a singular system is reported by the exact path', () => {
