@@ -35,6 +35,19 @@ interface RunFigures {
   eventsPerSecond: number;
   cpuMicrosecondsPerEvent: number;
   seconds: number;
+  /** Where a worker's time went, from its own metrics (absent for the bare consumer). */
+  breakdown?: Breakdown;
+}
+
+interface Breakdown {
+  batches: number;
+  /** Wall time inside the batch handler: decoding, applying, waiting for a flush. */
+  batchSeconds: number;
+  flushes: number;
+  /** Wall time from sending a flush's writes to Redis's last reply, summed. */
+  redisWriteSeconds: number;
+  dualSolves: number;
+  dualSolveSeconds: number;
 }
 
 const BROKERS = process.env['AFFINITY_KAFKA_BROKERS'] ?? '127.0.0.1:19092';
@@ -154,6 +167,7 @@ async function measureWorker(
     () => applied,
   );
   clearInterval(poller);
+  figures.breakdown = await breakdown(metrics);
   await worker.close();
   await cleanup(config);
   return figures;
@@ -182,6 +196,31 @@ async function measure(
     cpuMicrosecondsPerEvent: (cpu.user + cpu.system) / measured,
     seconds,
   };
+}
+
+async function breakdown(metrics: WorkerMetrics): Promise<Breakdown> {
+  const summary = async (histogram: { get(): Promise<{ values: Sample[] }> }) => {
+    const { values } = await histogram.get();
+    const find = (suffix: string) =>
+      values.find((sample) => sample.metricName?.endsWith(suffix))?.value ?? 0;
+    return { count: find('_count'), sum: find('_sum') };
+  };
+  const batch = await summary(metrics.batchSeconds);
+  const write = await summary(metrics.redisWriteSeconds);
+  const solve = await summary(metrics.dualSolveSeconds);
+  return {
+    batches: batch.count,
+    batchSeconds: batch.sum,
+    flushes: write.count,
+    redisWriteSeconds: write.sum,
+    dualSolves: solve.count,
+    dualSolveSeconds: solve.sum,
+  };
+}
+
+interface Sample {
+  value: number;
+  metricName?: string;
 }
 
 function benchConfig(topic: string, run: string, dual: boolean): Config {
@@ -293,11 +332,21 @@ function report(options: Options, figures: Figures): void {
     const rate = run.eventsPerSecond.toFixed(0).padStart(11);
     const cpu = run.cpuMicrosecondsPerEvent.toFixed(1).padStart(12);
     console.log(`${name.padEnd(22)} ${rate}   ${cpu}   ${run.seconds.toFixed(2).padStart(7)}`);
+    if (run.breakdown) console.log(`${''.padEnd(22)} ${describe(run.breakdown)}`);
   }
   if (ratio !== null) {
     const verdict = ratio >= 0.5 ? 'met' : 'NOT met';
     console.log(`method 1 / bare = ${ratio.toFixed(2)} (target ≥ 0.5: ${verdict})`);
   }
+}
+
+function describe(b: Breakdown): string {
+  const parts = [
+    `${b.batches} batches ${b.batchSeconds.toFixed(2)} s`,
+    `${b.flushes} flushes ${b.redisWriteSeconds.toFixed(2)} s to Redis's reply`,
+  ];
+  if (b.dualSolves > 0) parts.push(`${b.dualSolves} solves ${b.dualSolveSeconds.toFixed(2)} s`);
+  return parts.join(', ');
 }
 
 function parseOptions(args: readonly string[]): Options {

@@ -54,46 +54,10 @@ export function decodeFloat64LE(bytes: Uint8Array): Float64Array {
 }
 
 /**
- * Writes several arrays as little-endian bytes into one allocation and hands out each as a
- * Buffer view of it: one allocation where `float32Bytes` would make one per array. The views
- * share the writer's memory, which nothing else writes to, so they stay valid as long as any
- * of them is referenced.
+ * The little-endian bytes of `values`: on a little-endian host a view of the same memory (no
+ * copy; it changes when `values` does), on a big-endian host a converted copy.
  */
-export class LittleEndianWriter {
-  private readonly bytes: Buffer;
-  private offset = 0;
-
-  /** Uninitialised memory: every byte handed out is written first. */
-  constructor(capacityBytes: number) {
-    this.bytes = Buffer.allocUnsafe(capacityBytes);
-  }
-
-  float32(values: Float32Array): Buffer {
-    return this.put(values, 4, (view, at, i) => view.setFloat32(at, values[i]!, true));
-  }
-
-  float64(values: Float64Array): Buffer {
-    return this.put(values, 8, (view, at, i) => view.setFloat64(at, values[i]!, true));
-  }
-
-  private put(
-    values: Float32Array | Float64Array,
-    width: number,
-    setSlow: (view: DataView, at: number, index: number) => void,
-  ): Buffer {
-    const start = this.offset;
-    const end = start + values.length * width;
-    if (end > this.bytes.length) {
-      throw new RangeError(`writer of ${this.bytes.length} bytes cannot take ${end}`);
-    }
-
-    if (IS_LITTLE_ENDIAN) {
-      this.bytes.set(new Uint8Array(values.buffer, values.byteOffset, values.byteLength), start);
-    } else {
-      const view = new DataView(this.bytes.buffer, this.bytes.byteOffset + start, end - start);
-      for (let i = 0; i < values.length; i++) setSlow(view, i * width, i);
-    }
-    this.offset = end;
-    return this.bytes.subarray(start, end);
-  }
+export function littleEndianView(values: Float32Array | Float64Array): Uint8Array {
+  if (IS_LITTLE_ENDIAN) return new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
+  return values instanceof Float32Array ? float32Bytes(values) : float64Bytes(values);
 }

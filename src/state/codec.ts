@@ -11,22 +11,26 @@ import type { AggregateLayout } from '../features/aggregate.js';
 import { POLARITIES, slotIndex } from '../features/aggregate.js';
 import type { HistoryEntry, PendingEntry, UserState } from './user-state.js';
 import { STATE_FORMAT_VERSION, compareHistory, emptyUserState } from './user-state.js';
-import { LittleEndianWriter, decodeFloat32LE, decodeFloat64LE } from '../encoding/float32.js';
+import { decodeFloat32LE, decodeFloat64LE, littleEndianView } from '../encoding/float32.js';
 
 export type StateFields = Record<string, Buffer>;
 
-/** Field names and values in pairs, as HSET takes them. */
-export type EncodedFields = (string | Buffer)[];
+/**
+ * Field names and values in pairs, as HSET takes them. Binary values are views of the state's
+ * own arrays (on a little-endian host): valid until the state next changes, so the caller
+ * copies them out (state/resp.ts) before it yields.
+ */
+export type EncodedFields = (string | Uint8Array)[];
 
 /** States written before the deferred decay scales existed; read as if every scale were 1. */
 const READABLE_FORMAT_VERSIONS = new Set(['1', String(STATE_FORMAT_VERSION)]);
 
 /**
  * Encodes the whole state as field, value, field, value..., with `revision` as its revision
- * (the writer stores the next one). The set of fields only grows (none
- * is ever left out once written), so the writer overwrites in place instead of deleting the
- * hash first. The binary fields share one allocation: a flush encodes thousands of states, and
- * one buffer each instead of four keeps the garbage collector out of the write path.
+ * (the writer stores the next one). The writer replaces the whole hash, so a field left out
+ * is gone. No binary value is copied here: a flush encodes thousands of states, and a 10 KB
+ * allocation per state cost more than the rest of its encoding (Node allocates each buffer
+ * over 4 KB apart and accounts it to the garbage collector).
  */
 export function encodeUserState(
   state: UserState,
@@ -34,12 +38,6 @@ export function encodeUserState(
   revision = state.revision,
 ): EncodedFields {
   const { aggregates, dual } = state;
-  const binary = new LittleEndianWriter(
-    4 * aggregates.sums.length +
-      8 * (2 * aggregates.weights.length) +
-      4 * (dual?.vector.length ?? 0),
-  );
-
   const fields: EncodedFields = [
     'v',
     String(STATE_FORMAT_VERSION),
@@ -52,9 +50,9 @@ export function encodeUserState(
   ];
   if (aggregates.anchorMs !== null) fields.push('anchor_ms', String(aggregates.anchorMs));
   for (const [partition, offset] of state.offsets) fields.push(`off:${partition}`, String(offset));
-  encodeAggregates(state, layout, fields, binary);
+  encodeAggregates(state, layout, fields);
   fields.push('hist', historyJson(state), 'pending', JSON.stringify(state.pending));
-  if (dual) encodeDual(dual, fields, binary);
+  if (dual) encodeDual(dual, fields);
   return fields;
 }
 
@@ -65,17 +63,17 @@ export function encodeUserState(
  * `numpy.frombuffer(...).reshape(...)` for each. The rows are stored unsettled, so that the
  * state read back continues bit for bit as the one held in memory would have.
  */
-function encodeAggregates(
-  state: UserState,
-  layout: AggregateLayout,
-  fields: EncodedFields,
-  binary: LittleEndianWriter,
-): void {
+function encodeAggregates(state: UserState, layout: AggregateLayout, fields: EncodedFields): void {
   const { sums, scales, weights } = state.aggregates;
   fields.push('half_lives_ms', layout.halfLivesMs.join(','));
-  fields.push('sums', binary.float32(sums));
-  fields.push('scales', binary.float64(scales));
-  fields.push('weights', binary.float64(weights));
+  fields.push('sums', littleEndianView(sums));
+  fields.push('scales', littleEndianView(scales));
+  fields.push('weights', littleEndianView(weights));
+}
+
+function encodeDual(dual: NonNullable<UserState['dual']>, fields: EncodedFields): void {
+  const stats = { iterations: dual.iterations, residual: dual.relativeResidual, terms: dual.terms };
+  fields.push('dual', littleEndianView(dual.vector), 'dual_stats', JSON.stringify(stats));
 }
 
 /**
@@ -103,23 +101,18 @@ function historyJson(state: UserState): string {
   let j = 0;
   for (let i = 0; i < history.length; i++) {
     const entry = history[i]!;
-    while (j < previous.entries.length && compareHistory(previous.entries[j]!, entry) < 0) j++;
+    if (previous.entries[j] !== entry) {
+      while (j < previous.entries.length && compareHistory(previous.entries[j]!, entry) < 0) j++;
+    }
     const kept = previous.entries[j] === entry;
     texts[i] = kept ? previous.texts[j]! : JSON.stringify(entry);
     if (kept) j++;
   }
 
   encodedHistories.set(state, { entries: history.slice(), texts });
-  return `[${texts.join(',')}]`;
-}
-
-function encodeDual(
-  dual: NonNullable<UserState['dual']>,
-  fields: EncodedFields,
-  binary: LittleEndianWriter,
-): void {
-  const stats = { iterations: dual.iterations, residual: dual.relativeResidual, terms: dual.terms };
-  fields.push('dual', binary.float32(dual.vector), 'dual_stats', JSON.stringify(stats));
+  // One flat string: a template around the join would make a rope, flattened again on write.
+  if (texts.length <= 1) return `[${texts[0] ?? ''}]`;
+  return ['[' + texts[0]!, ...texts.slice(1, -1), texts.at(-1)! + ']'].join(',');
 }
 
 /**

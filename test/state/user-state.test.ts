@@ -97,7 +97,32 @@ test('the Redis encoding round-trips every field', () => {
   const encoded = encodeUserState(state, layout);
   for (let i = 0; i < encoded.length; i += 2) {
     const value = encoded[i + 1]!;
-    fields[String(encoded[i])] = typeof value === 'string' ? Buffer.from(value) : value;
+    fields[String(encoded[i])] = Buffer.from(value);
   }
   assert.deepEqual(decodeUserState(fields, layout), state);
+});
+
+test('the encoded history is its JSON after every change, late events and trims included', () => {
+  // The encoder reuses entry texts between encodings (codec.ts); each step must still give
+  // exactly JSON.stringify of the history, for 0, 1, 2 and more entries.
+  const state = emptyUserState(layout);
+  const historyOf = () => {
+    const encoded = encodeUserState(state, layout);
+    return encoded[encoded.indexOf('hist') + 1];
+  };
+  assert.equal(historyOf(), '[]');
+
+  const steps: SequencedEvent[][] = [
+    [at(10, {})],
+    [at(11, { item: 'b', value: 2 })],
+    [at(12, { item: 'é "quoted"' })],
+    [at(5, { item: 'late' })],
+    [at(13, { id: 'x' }), at(14, { type: 'dislike' })],
+    [at(1, { item: 'too-late' })],
+  ];
+  for (const events of steps) {
+    applyEvents(state, events, context(embeddings, 4));
+    assert.equal(historyOf(), JSON.stringify(state.history));
+  }
+  assert.equal(state.history.length, 4, 'the history is trimmed to its bound');
 });

@@ -1,0 +1,70 @@
+/**
+ * UserStateStore.writeMany hands ioredis views of the states' arrays, not copies (store.ts):
+ * the states may change as soon as the call returns, so what reaches Redis must be the state
+ * as it was at the call, whether the connection was ready (ioredis serialises at once) or
+ * still connecting (ioredis queues the command; the store then copies).
+ */
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { test } from 'node:test';
+import { Redis } from 'ioredis';
+import { DEFAULT_SIGNALS_SPEC, parseSignals } from '../../src/events/types.js';
+import { UserStateStore } from '../../src/state/store.js';
+import type { UserState } from '../../src/state/user-state.js';
+import { applyEvents, emptyUserState } from '../../src/state/user-state.js';
+import { defer } from '../helpers/cleanup.js';
+import { REDIS_URL, checkNothingLeftBehind, deleteKeys, testConfig } from '../helpers/services.js';
+
+checkNothingLeftBehind();
+
+const layout = { dim: 4, halfLivesMs: [3_600_000] };
+
+function stateWithOneEvent(): UserState {
+  const state = emptyUserState(layout);
+  applyEvents(state, [{ event: { user: 'u', item: 'a', ts: 1_000, type: 'like' } }], {
+    signals: parseSignals(DEFAULT_SIGNALS_SPEC),
+    layout,
+    historyMaxEvents: 10,
+    pendingMaxEvents: 10,
+    embedding: () => Float32Array.of(1, 2, 3, 4),
+  });
+  return state;
+}
+
+async function writeThenChange(redis: Redis, prefix: string): Promise<void> {
+  const store = new UserStateStore(redis, { prefix }, 0);
+  const state = stateWithOneEvent();
+  const expected = [...state.aggregates.sums];
+  const expectedWeights = [...state.aggregates.weights];
+
+  const written = store.writeMany(new Map([['u', state]]), layout);
+  state.aggregates.sums.fill(-7);
+  state.aggregates.weights.fill(-7);
+  assert.deepEqual((await written).written, ['u']);
+
+  const stored = await store.load('u', layout);
+  assert.deepEqual([...stored.aggregates.sums], expected, 'the sums as they were at the call');
+  assert.deepEqual([...stored.aggregates.weights], expectedWeights, 'the weights as well');
+}
+
+test('a write sent on a ready connection holds the state as it was at the call', async (t) => {
+  const { keyPrefix } = testConfig();
+  defer(t, () => deleteKeys(keyPrefix));
+  const redis = new Redis(REDIS_URL);
+  defer(t, () => redis.quit());
+  await once(redis, 'ready');
+
+  await writeThenChange(redis, keyPrefix);
+});
+
+test('a write queued while connecting holds the state as it was at the call', async (t) => {
+  const { keyPrefix } = testConfig();
+  defer(t, () => deleteKeys(keyPrefix));
+  const redis = new Redis(REDIS_URL, { lazyConnect: true });
+  defer(t, () => redis.quit());
+  const connected = redis.connect();
+  assert.notEqual(redis.status, 'ready', 'the write must be issued before the connection is up');
+
+  await writeThenChange(redis, keyPrefix);
+  await connected;
+});
