@@ -63,6 +63,8 @@ interface SentWrite {
   readonly states: Map<string, SentState>;
   readonly outcome: Promise<WriteOutcome>;
   readonly startedMs: number;
+  /** How long solving, encoding and sending kept this thread busy. */
+  readonly busyMs: number;
 }
 
 const MAX_WRITE_ATTEMPTS = 5;
@@ -72,7 +74,8 @@ export class StateBuffer {
   private readonly entries = new Map<string, Entry>();
   private dirtyUsers = 0;
   private lastFlushMs = performance.now();
-  private lastSendDurationMs = 0;
+  /** Time the last flush kept this thread busy: sending, then taking in the replies. */
+  private lastFlushBusyMs = 0;
   private layoutDim = -1;
   /** Method 2's solver for the current catalogue Gramian (its eigenbasis is costly to build). */
   private dualSolver: DualSolver | null = null;
@@ -146,7 +149,7 @@ export class StateBuffer {
   }
 
   private flushIntervalMs(): number {
-    return flushIntervalAfter(this.lastSendDurationMs, this.config);
+    return flushIntervalAfter(this.lastFlushBusyMs, this.config);
   }
 
   private async flushOnce(): Promise<FlushOutcome> {
@@ -156,7 +159,12 @@ export class StateBuffer {
       if (sent.states.size === 0) return { users: 0, applied: 0 };
 
       const outcome = await this.awaitOutcome(sent);
-      return await this.locked(() => this.confirm(sent, outcome));
+      return await this.locked(async () => {
+        const startedMs = performance.now();
+        const confirmed = await this.confirm(sent, outcome);
+        this.lastFlushBusyMs = sent.busyMs + (performance.now() - startedMs);
+        return confirmed;
+      });
     } finally {
       this.flushInFlight = false;
     }
@@ -177,7 +185,9 @@ export class StateBuffer {
   private async send(entries: Map<string, Entry>): Promise<SentWrite> {
     const startedMs = performance.now();
     const states = new Map<string, SentState>();
-    if (entries.size === 0) return { states, outcome: Promise.resolve(NO_WRITES), startedMs };
+    if (entries.size === 0) {
+      return { states, outcome: Promise.resolve(NO_WRITES), startedMs, busyMs: 0 };
+    }
 
     await this.solveDuals(entries);
     for (const [user, entry] of entries) {
@@ -194,8 +204,7 @@ export class StateBuffer {
 
     const toWrite = new Map([...entries].map(([user, entry]) => [user, entry.state]));
     const outcome = this.store.writeMany(toWrite, this.layout());
-    this.lastSendDurationMs = performance.now() - startedMs;
-    return { states, outcome, startedMs };
+    return { states, outcome, startedMs, busyMs: performance.now() - startedMs };
   }
 
   /** A write that failed leaves its states changed, to go out with the next flush. */
@@ -446,19 +455,21 @@ export class StateBuffer {
 }
 
 /**
- * AFFINITY_FLUSH_INTERVAL, stretched after a slow flush so that flushes take at most
- * AFFINITY_FLUSH_TIME_SHARE of the worker's time. A flush costs one write (and one dual solve)
- * per changed user, however many events the user had: when the worker catches up on a backlog,
- * every flush finds most users changed, and flushing on the plain interval would spend the time
- * writing the same users again. Freshness is then bounded by the backlog, not by the interval.
- * Capped at half the Kafka session timeout.
+ * AFFINITY_FLUSH_INTERVAL, stretched after a costly flush so that flushes keep this thread
+ * busy for at most AFFINITY_FLUSH_TIME_SHARE of its time (`lastFlushBusyMs`: solving,
+ * encoding, sending, taking in the replies; Redis's own work overlaps the next batches and is
+ * not counted). A flush costs one write (and one dual solve) per changed user, however many
+ * events the user had: when the worker catches up on a backlog, every flush finds most users
+ * changed, and flushing on the plain interval would spend the time writing the same users
+ * again. Freshness is then bounded by the backlog, not by the interval. Capped at half the
+ * Kafka session timeout.
  */
 export function flushIntervalAfter(
-  lastFlushDurationMs: number,
+  lastFlushBusyMs: number,
   config: Pick<Config, 'flushIntervalMs' | 'flushTimeShare' | 'kafkaSessionTimeoutMs'>,
 ): number {
   const share = config.flushTimeShare;
-  const stretchedMs = (lastFlushDurationMs * (1 - share)) / share;
+  const stretchedMs = (lastFlushBusyMs * (1 - share)) / share;
   const capMs = config.kafkaSessionTimeoutMs / 2;
   return Math.min(Math.max(config.flushIntervalMs, stretchedMs), capMs);
 }
