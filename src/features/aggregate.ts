@@ -105,28 +105,32 @@ export function addToAggregates(
   const ageMs = (agg.anchorMs ?? tsMs) - tsMs;
   const first = slotIndex(layout, polarity, 0);
   const halfLives = layout.halfLivesMs.length;
-  const rowWeight = (h: number): number => {
-    const decayedWeight = weight * decayFactor(ageMs, layout.halfLivesMs[h]!);
-    agg.weights[first + h]! += decayedWeight;
-    return decayedWeight / agg.scales[first + h]!;
-  };
 
   let h = 0;
   for (; h + 3 <= halfLives; h += 3) {
-    const offset = (first + h) * layout.dim;
-    addThreeRows(
-      agg.sums,
-      offset,
-      layout.dim,
-      rowWeight(h),
-      rowWeight(h + 1),
-      rowWeight(h + 2),
-      embedding,
-    );
+    const w0 = addWeight(agg, layout, first + h, weight, ageMs);
+    const w1 = addWeight(agg, layout, first + h + 1, weight, ageMs);
+    const w2 = addWeight(agg, layout, first + h + 2, weight, ageMs);
+    addThreeRows(agg.sums, (first + h) * layout.dim, layout.dim, w0, w1, w2, embedding);
   }
   for (; h < halfLives; h++) {
-    addRow(agg.sums, (first + h) * layout.dim, layout.dim, rowWeight(h), embedding);
+    const w = addWeight(agg, layout, first + h, weight, ageMs);
+    addRow(agg.sums, (first + h) * layout.dim, layout.dim, w, embedding);
   }
+}
+
+/** Adds the event's decayed weight to a slot; returns what its row takes (over the scale). */
+function addWeight(
+  agg: Aggregates,
+  layout: AggregateLayout,
+  slot: number,
+  weight: number,
+  ageMs: number,
+): number {
+  const halfLife = layout.halfLivesMs[slot % layout.halfLivesMs.length]!;
+  const decayedWeight = weight * decayFactor(ageMs, halfLife);
+  agg.weights[slot]! += decayedWeight;
+  return decayedWeight / agg.scales[slot]!;
 }
 
 /** Rows r, r + 1, r + 2 (from `offset`, `dim` apart) += w0 x, w1 x, w2 x. */

@@ -162,19 +162,20 @@ function applyOne(
 
 /** Keeps the newest `max` events by (ts, item, type), so the history is order-independent. */
 function insertHistory(state: UserState, event: InteractionEvent, max: number): void {
-  const entry: HistoryEntry = {
-    item: event.item,
-    ts: event.ts,
-    type: event.type,
-    ...(event.value === undefined ? {} : { value: event.value }),
-    ...(event.id === undefined ? {} : { id: event.id }),
-  };
+  const entry = historyEntry(event);
 
   const history = state.history;
   let index = history.length;
   while (index > 0 && compareHistory(history[index - 1]!, entry) > 0) index--;
   history.splice(index, 0, entry);
   if (history.length > max) history.splice(0, history.length - max);
+}
+
+/** The event as the history keeps it (and as docs/redis-layout.md gives its JSON). */
+function historyEntry(event: InteractionEvent): HistoryEntry {
+  const { item, ts, type, value, id } = event;
+  if (id === undefined) return value === undefined ? { item, ts, type } : { item, ts, type, value };
+  return value === undefined ? { item, ts, type, id } : { item, ts, type, value, id };
 }
 
 export function compareHistory(a: HistoryEntry, b: HistoryEntry): number {

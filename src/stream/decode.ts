@@ -113,15 +113,13 @@ function toEvent(
   type: string,
   value: number | undefined,
 ): InteractionEvent {
+  const user = raw['user'] as string;
+  const item = raw['item'] as string;
   const id = raw['id'] as string | undefined;
-  return {
-    user: raw['user'] as string,
-    item: raw['item'] as string,
-    ts,
-    type,
-    ...(value === undefined ? {} : { value }),
-    ...(id === undefined ? {} : { id }),
-  };
+  // Literals rather than spreads: one object per event, of one of four shapes.
+  if (id === undefined)
+    return value === undefined ? { user, item, ts, type } : { user, item, ts, type, value };
+  return value === undefined ? { user, item, ts, type, id } : { user, item, ts, type, value, id };
 }
 
 function checkText(raw: Record<string, unknown>, name: string): DecodeResult | null {

@@ -252,10 +252,13 @@ export class StateBuffer {
     for (const user of users) {
       const { entry, revision, events } = sent.states.get(user)!;
       entry.state.revision = revision + 1;
-      const confirmed = entry.unconfirmed.splice(0, events);
-      for (const { event } of confirmed) {
-        this.metrics.freshnessSeconds.observe(Math.max(0, nowMs - event.ts) / 1_000);
+      for (let i = 0; i < events; i++) {
+        const { ts } = entry.unconfirmed[i]!.event;
+        this.metrics.freshnessSeconds.observe(Math.max(0, nowMs - ts) / 1_000);
       }
+      // Usually every event was in the write; keep only those applied after it was sent.
+      entry.unconfirmed =
+        events === entry.unconfirmed.length ? [] : entry.unconfirmed.slice(events);
       applied += sent.states.get(user)!.applied;
       entry.applied -= sent.states.get(user)!.applied;
     }
