@@ -10,6 +10,7 @@ export type AffinityErrorCode =
   | 'REDIS_UNAVAILABLE'
   | 'CATALOGUE_MISSING'
   | 'CATALOGUE_MISMATCH'
+  | 'SHUTDOWN_INCOMPLETE'
   | 'USAGE';
 
 export class AffinityError extends Error {

@@ -3,6 +3,7 @@
  * (the label of the dead-letter metric and a header of the dead-letter record) and a detail
  * sentence for the human who reads the dead-letter topic.
  */
+import { isUtf8 } from 'node:buffer';
 import type { InteractionEvent, Signals } from '../events/types.js';
 
 export type RejectReason =
@@ -58,6 +59,8 @@ export function decodeEvent(
     return reject('too_large', `${value.length} bytes, limit ${limits.maxMessageBytes}`);
   }
 
+  // toString would replace a bad sequence with U+FFFD and change the ids without a word.
+  if (!isUtf8(value)) return reject('not_json', 'the value is not valid UTF-8');
   let parsed: unknown;
   try {
     parsed = JSON.parse(value.toString('utf8'));

@@ -10,6 +10,7 @@
  * offsets it reflects, so a crash anywhere in between replays events that are then skipped.
  */
 import { setTimeout as delay } from 'node:timers/promises';
+import { Partitioners } from 'kafkajs';
 import type { Consumer, EachBatchPayload, Kafka, Producer } from 'kafkajs';
 import { Redis } from 'ioredis';
 import type { Config } from '../config/config.js';
@@ -62,7 +63,11 @@ export class AffinityWorker {
   ) {
     this.kafka = createKafka(config.kafkaBrokers, config.kafkaClientId, logger);
     this.redis = new Redis(config.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 3 });
-    this.producer = this.kafka.producer({ allowAutoTopicCreation: false });
+    // The partitioner named, so kafkajs does not warn that its default changed in v2.
+    this.producer = this.kafka.producer({
+      allowAutoTopicCreation: false,
+      createPartitioner: Partitioners.DefaultPartitioner,
+    });
     this.eventsConsumer = this.kafka.consumer({
       ...consumerTimings(config),
       groupId: config.groupId,
@@ -290,6 +295,8 @@ export class AffinityWorker {
 
   /** Events cannot be applied before the catalogue fixes the dimension; wait, heartbeating. */
   private async waitForCatalogue(payload: EachBatchPayload): Promise<void> {
+    // Once the cache holds a catalogue, the batch's own read (StateBuffer.hold) follows it.
+    if (this.cache.meta) return;
     let warned = false;
     while (payload.isRunning() && !(await this.itemStore.readMeta())) {
       if (!warned) this.logger.warn({}, 'waiting for an item catalogue before applying events');
@@ -375,7 +382,9 @@ export class AffinityWorker {
   private fail(role: string, error: Error): void {
     this.failure ??= error;
     this.logger.fatal({ role, err: error }, 'consumer stopped for good; stopping the worker');
-    void this.close();
+    this.close().catch((err: unknown) => {
+      this.logger.error({ err }, 'stopping after the consumer failed did not finish cleanly');
+    });
   }
 
   /**
@@ -384,7 +393,7 @@ export class AffinityWorker {
    * stopped kafkajs consumer has left its group and can no longer commit.
    */
   close(): Promise<void> {
-    this.closing ??= this.closeAll().then(() => this.resolveStopped(this.failure));
+    this.closing ??= this.closeAll().finally(() => this.resolveStopped(this.failure));
     return this.closing;
   }
 
@@ -401,14 +410,21 @@ export class AffinityWorker {
       ['producer', () => this.producer.disconnect()],
       ['redis', () => this.redis.quit()],
     ];
+    const failed: string[] = [];
     for (const [name, step] of steps) {
       try {
         await step();
       } catch (err) {
+        failed.push(name);
         this.logger.warn({ err, step: name }, 'shutdown step failed');
       }
     }
-    this.logger.info({}, 'worker stopped');
+    this.logger.info({ failed }, 'worker stopped');
+    // Applied events the final flush could not write are replayed at the next start (their
+    // offsets were not committed), so nothing is lost; the exit code still says so.
+    if (failed.includes('final flush')) {
+      throw new AffinityError('SHUTDOWN_INCOMPLETE', 'the final flush failed; see the log');
+    }
   }
 }
 

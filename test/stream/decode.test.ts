@@ -54,6 +54,12 @@ test('each class of bad message is rejected with its reason', () => {
   }
 });
 
+test('a value that is not valid UTF-8 is rejected, not decoded with replacement characters', () => {
+  const bytes = Buffer.concat([Buffer.from('{"user":"u'), Buffer.of(0xff), Buffer.from('"}')]);
+  const result = decodeEvent(bytes, NOW_MS, limits);
+  assert.deepEqual(result.ok ? null : result.reason, 'not_json');
+});
+
 test('a message without a value is rejected, not dropped', () => {
   const result = decodeEvent(null, NOW_MS, limits);
   assert.equal(result.ok, false);
