@@ -256,7 +256,8 @@ class UserWalk {
     while (this.next < this.events.length && this.events[this.next]!.event.ts < atMs) this.next++;
     if (this.next === start) return;
 
-    const batch = newestFirst(this.events, start, this.next);
+    // In time order, as they reach the history; any order gives the same state (aggregate.ts).
+    const batch = this.events.slice(start, this.next);
     const started = performance.now();
     applyEvents(this.state, batch, this.run.update);
     this.run.stats.applyMs += performance.now() - started;
@@ -269,23 +270,6 @@ class UserWalk {
   view(): UserState | null {
     return this.next === 0 ? null : this.state;
   }
-}
-
-/**
- * Events start..end-1 (ascending by time) with the newest moved to the front. `applyEvents`
- * gives the same state for any order (aggregate.ts), but not at the same cost: each event newer
- * than the anchor re-scales every sum (2 x half-lives x d multiplications), while an event at or
- * before the anchor is added with its own decay factor. Newest first re-anchors once per batch;
- * the rest, still ascending, go to the end of the history, where insertion is cheapest.
- */
-function newestFirst(
-  events: readonly SequencedEvent[],
-  start: number,
-  end: number,
-): SequencedEvent[] {
-  const batch = events.slice(start, end);
-  if (batch.length > 1) batch.unshift(batch.pop()!);
-  return batch;
 }
 
 /**
