@@ -11,7 +11,7 @@ import type { Gramian } from '../../src/features/gramian.js';
 import { parseSignals } from '../../src/events/types.js';
 import { exactDual, refreshDual } from '../../src/state/dual-step.js';
 import { emptyUserState } from '../../src/state/user-state.js';
-import { errorSlack, referenceSolve } from '../helpers/dual-reference.js';
+import { errorSlack, referenceSolve, relativeError } from '../helpers/dual-reference.js';
 import type { Reference } from '../helpers/dual-reference.js';
 
 /** Mulberry32: a small seeded generator, uniform in [0, 1). */
@@ -94,16 +94,6 @@ function conditionNumber(
   const eigenvalues = new EigenvalueDecomposition(matrix, { assumeSymmetric: true })
     .realEigenvalues;
   return Math.max(...eigenvalues) / Math.min(...eigenvalues);
-}
-
-function relativeError(actual: ArrayLike<number>, expected: ArrayLike<number>): number {
-  let difference = 0;
-  let reference = 0;
-  for (let i = 0; i < expected.length; i++) {
-    difference += (actual[i]! - expected[i]!) ** 2;
-    reference += expected[i]! ** 2;
-  }
-  return Math.sqrt(difference / reference);
 }
 
 /** A Gramian with the same values in a new object, so in-place changes leave `gramian` alone. */

@@ -7,7 +7,12 @@
  */
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { loadConfig } from '../../src/config/config.js';
+import { parseSignalMap } from '../../src/neural/events.js';
+import type { EvaluationOptions, EvaluationProgress } from '../../src/offline/evaluate.js';
 import { seededRandom } from '../../src/offline/metrics.js';
+import { DEFAULT_EXCLUSION } from '../../src/offline/queries.js';
+import { methodSettings } from '../../src/offline/settings.js';
 
 export const TASTE_DIM = 8;
 export const TASTE_SIGNAL_MAP = 'like:>=4,dislike:<=2';
@@ -34,4 +39,37 @@ export async function writeTasteLog(dir: string): Promise<void> {
   }
   await writeFile(join(dir, 'events.csv'), `${lines.join('\n')}\n`);
   await writeFile(join(dir, 'items.jsonl'), items.map((item) => JSON.stringify(item)).join('\n'));
+}
+
+/**
+ * A quick evaluation of the taste log in `dir`: no sweep, few queries and resamples; the
+ * stages it reports are pushed to `stages`.
+ */
+export function tasteOptions(
+  dir: string,
+  stages: string[],
+  overrides: Partial<EvaluationOptions> = {},
+): EvaluationOptions {
+  return {
+    events: {
+      path: join(dir, 'events.csv'),
+      timestampUnit: 's',
+      signalMap: parseSignalMap(TASTE_SIGNAL_MAP),
+    },
+    itemsPath: join(dir, 'items.jsonl'),
+    catalogue: { center: false, normalize: true },
+    outDir: join(dir, 'out'),
+    settings: methodSettings(loadConfig({})),
+    negatives: 'popularity',
+    exclusion: DEFAULT_EXCLUSION,
+    negativesPerPositive: 20,
+    seed: 1,
+    maxQueriesPerPeriod: 200,
+    bootstrapResamples: 20,
+    sweep: false,
+    validationFraction: 0.3,
+    testFraction: 0.3,
+    onProgress: (progress: EvaluationProgress) => stages.push(progress.stage),
+    ...overrides,
+  };
 }

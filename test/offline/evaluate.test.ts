@@ -9,15 +9,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import type { TestContext } from 'node:test';
-import { loadConfig } from '../../src/config/config.js';
 import type { InteractionEvent } from '../../src/events/types.js';
 import { parseSignals } from '../../src/events/types.js';
-import { parseSignalMap } from '../../src/neural/events.js';
 import { runEvaluation } from '../../src/offline/evaluate.js';
 import { DEFAULT_EXCLUSION, buildQueries, indexLog } from '../../src/offline/queries.js';
 import type { EvaluationReport } from '../../src/offline/report.js';
-import { methodSettings } from '../../src/offline/settings.js';
-import { TASTE_SIGNAL_MAP, writeTasteLog } from '../helpers/taste-log.js';
+import { tasteOptions, writeTasteLog } from '../helpers/taste-log.js';
 
 const SIGNALS = parseSignals('like:+3,dislike:-3');
 const DAY_MS = 86_400_000;
@@ -130,27 +127,9 @@ test('runEvaluation writes the three reports; embeddings beat the baseline on a 
   const dir = await workspace(t);
   await writeTasteLog(dir);
   const stages: string[] = [];
-  await runEvaluation({
-    events: {
-      path: join(dir, 'events.csv'),
-      timestampUnit: 's',
-      signalMap: parseSignalMap(TASTE_SIGNAL_MAP),
-    },
-    itemsPath: join(dir, 'items.jsonl'),
-    catalogue: { center: false, normalize: true },
-    outDir: join(dir, 'out'),
-    settings: methodSettings(loadConfig({})),
-    negatives: 'popularity',
-    exclusion: DEFAULT_EXCLUSION,
-    negativesPerPositive: 20,
-    seed: 1,
-    maxQueriesPerPeriod: 400,
-    bootstrapResamples: 100,
-    sweep: false,
-    validationFraction: 0.3,
-    testFraction: 0.3,
-    onProgress: (progress) => stages.push(progress.stage),
-  });
+  await runEvaluation(
+    tasteOptions(dir, stages, { maxQueriesPerPeriod: 400, bootstrapResamples: 100 }),
+  );
 
   for (const name of ['report.md', 'report.svg', 'report.json'])
     assert.ok((await stat(join(dir, 'out', name))).size > 0, name);

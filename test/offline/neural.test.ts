@@ -24,15 +24,12 @@ import { cosine, dot } from '../../src/features/vector.js';
 import { loadModel, saveModel } from '../../src/neural/files.js';
 import type { InputTransform, NeuralConfig, TrainingSummary } from '../../src/neural/model.js';
 import { createConfig, initWeights } from '../../src/neural/model.js';
-import { parseSignalMap } from '../../src/neural/events.js';
 import { runBackfill } from '../../src/offline/backfill.js';
-import type { EvaluationOptions, EvaluationProgress } from '../../src/offline/evaluate.js';
 import { checkNoLeak, runEvaluation } from '../../src/offline/evaluate.js';
-import { DEFAULT_EXCLUSION } from '../../src/offline/queries.js';
 import type { EvaluationReport } from '../../src/offline/report.js';
 import { methodSettings } from '../../src/offline/settings.js';
 import { randomCatalogue, randomEvents } from '../helpers/fixtures.js';
-import { TASTE_DIM, TASTE_SIGNAL_MAP, writeTasteLog } from '../helpers/taste-log.js';
+import { TASTE_DIM, tasteOptions, writeTasteLog } from '../helpers/taste-log.js';
 
 const DAY_MS = 86_400_000;
 const NOW_MS = Date.UTC(2026, 0, 1);
@@ -173,31 +170,6 @@ test('backfill neural.* equal the model on the newest historyLength events befor
   }
   assert.equal(scored, USERS.length * requestTimes.length * 2, 'rows with a neural score');
 });
-
-/** A quick evaluation of the taste log in `dir` (no sweep, few queries and resamples). */
-function tasteOptions(dir: string, stages: string[]): EvaluationOptions {
-  return {
-    events: {
-      path: join(dir, 'events.csv'),
-      timestampUnit: 's',
-      signalMap: parseSignalMap(TASTE_SIGNAL_MAP),
-    },
-    itemsPath: join(dir, 'items.jsonl'),
-    catalogue: { center: false, normalize: true },
-    outDir: join(dir, 'out'),
-    settings: methodSettings(loadConfig({})),
-    negatives: 'popularity',
-    exclusion: DEFAULT_EXCLUSION,
-    negativesPerPositive: 20,
-    seed: 1,
-    maxQueriesPerPeriod: 200,
-    bootstrapResamples: 20,
-    sweep: false,
-    validationFraction: 0.3,
-    testFraction: 0.3,
-    onProgress: (progress: EvaluationProgress) => stages.push(progress.stage),
-  };
-}
 
 /** The taste log and a random model of it (centred input) whose training stopped at `cutoffMs`. */
 async function tasteWithModel(dir: string, cutoffMs: number): Promise<string> {
