@@ -16,12 +16,14 @@ import { NeuralMetrics, NeuralWorker } from '../workers/neural-worker.js';
 import { extraCommands } from './extra-commands.js';
 import { serve } from './serve.js';
 
+const TRAIN_USAGE = `  train --events FILE --items PATH --out DIR [--signal-map SPEC|FILE] [--timestamps s|ms]
+        [--center] [--no-normalize] [--seed N] [--epochs N] [--history N] [--dim D] [--heads H]
+                                  train the neural history encoder on a log`;
+
 extraCommands.push(
   {
     name: 'train',
-    usage: `  train --events FILE --items PATH --out DIR [--signal-map SPEC|FILE] [--timestamps s|ms]
-        [--center] [--no-normalize] [--seed N] [--epochs N] [--history N] [--dim D] [--heads H]
-                                  train the neural history encoder on a log`,
+    usage: TRAIN_USAGE,
     run: runTrain,
   },
   {
@@ -54,8 +56,13 @@ async function runTrain(args: readonly string[]): Promise<number> {
       history: { type: 'string' },
       dim: { type: 'string' },
       heads: { type: 'string' },
+      help: { type: 'boolean', short: 'h', default: false },
     },
   });
+  if (values.help) {
+    console.log(`usage: affinity ${TRAIN_USAGE.trimStart()}`);
+    return 0;
+  }
   if (!values.events || !values.items || !values.out) {
     throw new AffinityError('USAGE', 'train needs --events, --items and --out');
   }

@@ -45,3 +45,12 @@ test('evaluate: --help lists the defaults of the protocol flags', () => {
   for (const text of ['--negatives popularity', '--exclude point-in-time', '--exclude-window 1d'])
     assert.ok(stdout.includes(text), text);
 });
+
+test('train --help and -h print its usage and exit 0', () => {
+  for (const flag of ['--help', '-h']) {
+    const { status, stdout, stderr } = affinity('train', flag);
+    assert.equal(status, 0, `${flag}: ${stderr}`);
+    assert.match(stdout, /^usage: affinity train --events FILE --items PATH --out DIR/);
+    assert.equal(stderr, '');
+  }
+});
