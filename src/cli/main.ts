@@ -19,6 +19,7 @@ import { AffinityWorker } from '../workers/events-worker.js';
 import { extraCommands } from './extra-commands.js';
 import './neural-commands.js';
 import './offline-commands.js';
+import { commandLogger, printResult, printUsageError } from './output.js';
 import { serve } from './serve.js';
 
 const USAGE = `usage: affinity <command> [options]
@@ -45,12 +46,12 @@ export async function main(argv: readonly string[]): Promise<number> {
     case undefined:
     case 'help':
     case '--help':
-      console.log(USAGE);
+      printResult(USAGE);
       return command === undefined ? 2 : 0;
     default: {
       const extra = extraCommands.find((candidate) => candidate.name === command);
       if (extra) return extra.run(rest);
-      console.error(`unknown command "${command}"\n\n${USAGE}`);
+      printUsageError(`unknown command "${command}"\n\n${USAGE}`);
       return 2;
     }
   }
@@ -102,7 +103,7 @@ async function runItems(args: readonly string[]): Promise<number> {
       normalized: normalize,
       mean,
     });
-    console.log(
+    printResult(
       JSON.stringify({
         items: meta.count,
         dim: meta.dim,
@@ -142,7 +143,7 @@ async function runFeatures(args: readonly string[]): Promise<number> {
       .map((item) => item.trim())
       .filter((item) => item !== '');
     const response = await reader.features(values.user, items, atMs);
-    console.log(values.json ? JSON.stringify(response) : formatTable(response));
+    printResult(values.json ? JSON.stringify(response) : formatTable(response));
   } finally {
     await reader.close();
   }
@@ -172,30 +173,18 @@ function usage(message: string): AffinityError {
   return new AffinityError('USAGE', `${message}\n\n${USAGE}`);
 }
 
-/** AFFINITY_LOG_LEVEL values that add the stack to a one-shot command's failure line. */
-const STACK_LEVELS = new Set(['debug', 'trace']);
-/** How deep a failure line follows `cause`; a chain is rarely more than three deep. */
-const MAX_CAUSES = 5;
-
-/**
- * The last word on a command that threw: usage errors exit 2 with the usage on stderr; any
- * other failure exits 1 with one line, a pino line for the long-running commands (whose
- * output is JSON throughout) and plain text on stderr for the one-shot ones.
- */
 function reportFailure(command: string | undefined, err: unknown): number {
   if (isUsageError(err)) {
-    const message = err instanceof AffinityError ? err.message : `${errorText(err)}\n\n${USAGE}`;
-    console.error(`affinity: ${message}`);
+    const message =
+      err instanceof AffinityError ? err.message : `${(err as Error).message}\n\n${USAGE}`;
+    printUsageError(`affinity: ${message}`);
     return 2;
   }
   if (command !== undefined && isLongRunning(command)) {
     createLogger('info', { role: command }).error({ err }, 'start-up failed');
     return 1;
   }
-  console.error(`affinity: ${errorText(err)}`);
-  if (STACK_LEVELS.has(process.env['AFFINITY_LOG_LEVEL'] ?? '') && err instanceof Error) {
-    console.error(err.stack);
-  }
+  commandLogger(command ?? 'affinity').error({ err }, 'command failed');
   return 1;
 }
 
@@ -209,18 +198,6 @@ function isUsageError(err: unknown): boolean {
   if (err instanceof AffinityError) return err.code === 'USAGE';
   const code = err instanceof TypeError ? (err as { code?: unknown }).code : undefined;
   return typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS_');
-}
-
-/** The message and those of its causes, on one line: "Redis command failed: connect ...". */
-function errorText(err: unknown): string {
-  const parts: string[] = [];
-  let cause: unknown = err;
-  for (let depth = 0; cause !== undefined && depth < MAX_CAUSES; depth++) {
-    const message = cause instanceof Error ? cause.message : String(cause);
-    if (!parts.some((part) => part.includes(message))) parts.push(message);
-    cause = cause instanceof Error ? cause.cause : undefined;
-  }
-  return parts.join(': ').replace(/\s+/g, ' ').trim();
 }
 
 const argv = process.argv.slice(2);

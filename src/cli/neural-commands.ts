@@ -14,6 +14,7 @@ import { createLogger } from '../ops/logger.js';
 import { createRegistry } from '../ops/metrics.js';
 import { NeuralMetrics, NeuralWorker } from '../workers/neural-worker.js';
 import { extraCommands } from './extra-commands.js';
+import { commandLogger, printResult } from './output.js';
 import { serve } from './serve.js';
 
 const TRAIN_USAGE = `  train --events FILE --items PATH --out DIR [--signal-map SPEC|FILE] [--timestamps s|ms]
@@ -60,7 +61,7 @@ async function runTrain(args: readonly string[]): Promise<number> {
     },
   });
   if (values.help) {
-    console.log(`usage: affinity ${TRAIN_USAGE.trimStart()}`);
+    printResult(`usage: affinity ${TRAIN_USAGE.trimStart()}`);
     return 0;
   }
   if (!values.events || !values.items || !values.out) {
@@ -69,10 +70,10 @@ async function runTrain(args: readonly string[]): Promise<number> {
   const config = loadConfig();
   const timestampUnit = values.timestamps === 'ms' ? 'ms' : 's';
   const signalMap = parseSignalMap(values['signal-map'] ?? 'like:>=4,dislike:<=2');
+  const logger = commandLogger('train', config.logLevel);
   const read = await readEventsFile(values.events, { timestampUnit, signalMap });
-  console.error(
-    `train: ${read.events.length} events, ${read.badRowCount} bad rows, ${read.ignored} ignored`,
-  );
+  const { badRowCount, ignored } = read;
+  logger.info({ events: read.events.length, badRowCount, ignored }, 'training events read');
 
   const normalize = !values['no-normalize'];
   const raw = await loadCatalogue(values.items);
@@ -87,7 +88,7 @@ async function runTrain(args: readonly string[]): Promise<number> {
     ...optionalNumber('historyLength', values.history),
     ...optionalNumber('modelDim', values.dim),
     ...optionalNumber('heads', values.heads),
-    onProgress: (progress) => console.error(`train: ${JSON.stringify(progress)}`),
+    onProgress: (progress) => logger.info({ progress }, 'training progress'),
   });
   await saveModel(values.out, result.config, result.weights);
   const summary = {
@@ -95,7 +96,7 @@ async function runTrain(args: readonly string[]): Promise<number> {
     untrained: result.untrained,
     trained: result.config.validation,
   };
-  console.log(JSON.stringify(summary));
+  printResult(JSON.stringify(summary));
   return 0;
 }
 
@@ -120,7 +121,7 @@ async function runNeural(args: readonly string[]): Promise<number> {
   const worker = new NeuralWorker(config, logger, new NeuralMetrics(createRegistry(false)));
   try {
     const summary = await worker.reencodeAll();
-    console.log(JSON.stringify({ ...summary, model: worker.models.current?.version ?? null }));
+    printResult(JSON.stringify({ ...summary, model: worker.models.current?.version ?? null }));
   } finally {
     await worker.close();
   }

@@ -18,7 +18,9 @@ import type { NegativeExclusion } from '../offline/queries.js';
 import { DEFAULT_EXCLUSION } from '../offline/queries.js';
 import type { MethodOverrides } from '../offline/settings.js';
 import { methodSettings } from '../offline/settings.js';
+import type { Logger } from '../ops/logger.js';
 import { extraCommands } from './extra-commands.js';
+import { commandLogger, printResult } from './output.js';
 
 const COMMON_USAGE = `        [--signal-map SPEC|FILE.json] [--center] [--no-normalize] [--ids FILE]
         [--format folder|npy|jsonl] [--strict] [--half-lives 1h,6h,365d] [--history-max-events N]
@@ -126,6 +128,8 @@ async function runBackfillCommand(args: readonly string[]): Promise<number> {
   if (!values.events || !values.items || !values.requests || !values.out)
     throw commandUsage(BACKFILL, 'needs --events, --items, --requests and --out');
 
+  const config = loadConfig();
+  const logger = commandLogger('backfill', config.logLevel);
   const summary = await runBackfill({
     events: eventsInput(values),
     itemsPath: values.items,
@@ -134,16 +138,16 @@ async function runBackfillCommand(args: readonly string[]): Promise<number> {
     ...optional('requestTimestampUnit', values['request-timestamps'], timestampUnit),
     outPath: values.out,
     ...(values.model === undefined ? {} : { modelDir: values.model }),
-    settings: methodSettings(loadConfig(), overrides(values)),
+    settings: methodSettings(config, overrides(values)),
     strict: values.strict,
-    onProgress: progressPrinter('backfill'),
+    onProgress: backfillProgress(logger),
   });
-  reportBadRows('events', summary.events.badRowCount, summary.events.badRows);
-  reportBadRows('requests', summary.requests.badRowCount, summary.requests.badRows);
+  reportBadRows(logger, 'events', summary.events.badRowCount, summary.events.badRows);
+  reportBadRows(logger, 'requests', summary.requests.badRowCount, summary.requests.badRows);
   // The bad rows went to stderr above; the summary keeps their counts.
   const events = { ...summary.events, badRows: undefined };
   const requests = { ...summary.requests, badRows: undefined };
-  console.log(JSON.stringify({ ...summary, events, requests }));
+  printResult(JSON.stringify({ ...summary, events, requests }));
   return 0;
 }
 
@@ -178,6 +182,7 @@ async function runEvaluateCommand(args: readonly string[]): Promise<number> {
   const negatives = values.negatives;
   if (negatives !== 'popularity' && negatives !== 'uniform' && negatives !== 'log')
     throw usage('--negatives must be popularity, uniform or log');
+  const config = loadConfig();
   const result = await runEvaluation({
     events: eventsInput(values),
     itemsPath: values.items,
@@ -188,7 +193,7 @@ async function runEvaluateCommand(args: readonly string[]): Promise<number> {
     ...optional('modelEpochs', values['model-epochs'], (text) =>
       integer('--model-epochs', text, 1),
     ),
-    settings: methodSettings(loadConfig(), overrides(values)),
+    settings: methodSettings(config, overrides(values)),
     negatives,
     exclusion: exclusionOf(values.exclude, values['exclude-window']),
     negativesPerPositive: integer('--negatives-per-positive', values['negatives-per-positive'], 1),
@@ -197,9 +202,9 @@ async function runEvaluateCommand(args: readonly string[]): Promise<number> {
     bootstrapResamples: integer('--bootstrap', values.bootstrap, 10),
     sweep: !values['no-sweep'],
     command: ['affinity', 'evaluate', ...args].map(shellWord).join(' '),
-    onProgress: evaluationProgressPrinter(),
+    onProgress: evaluationProgress(commandLogger('evaluate', config.logLevel)),
   });
-  console.log(JSON.stringify(result));
+  printResult(JSON.stringify(result));
   return 0;
 }
 
@@ -223,7 +228,7 @@ function isParseArgsError(err: unknown): err is Error & { code: string } {
 }
 
 function printHelp(command: CommandText): number {
-  console.log(`usage: affinity ${command.usage.trimStart()}\n\n${command.details}`);
+  printResult(`usage: affinity ${command.usage.trimStart()}\n\n${command.details}`);
   return 0;
 }
 
@@ -333,28 +338,29 @@ function duration(flag: string, text: string): number {
   }
 }
 
-function reportBadRows(what: string, count: number, rows: readonly BadRow[]): void {
+/** The count and the first BAD_ROWS_SHOWN of them, with their line numbers. */
+function reportBadRows(logger: Logger, what: string, count: number, rows: readonly BadRow[]) {
   if (count === 0) return;
-  console.error(`${what}: ${count} bad row(s) skipped; the first:`);
-  for (const row of rows.slice(0, BAD_ROWS_SHOWN))
-    console.error(`  line ${row.line}: ${row.reason}`);
+  const first = rows.slice(0, BAD_ROWS_SHOWN);
+  logger.warn({ input: what, badRowCount: count, first }, 'bad rows skipped');
 }
 
 const BAD_ROWS_SHOWN = 10;
 const PROGRESS_INTERVAL_MS = 2_000;
 
-/** Prints "backfill: 12000/50000 request groups" to stderr at most every two seconds. */
-function progressPrinter(label: string) {
+/** Logs the request groups answered, at most every two seconds, and at the end. */
+function backfillProgress(logger: Logger) {
   let lastMs = 0;
   return (done: number, total: number) => {
     const nowMs = Date.now();
     if (done < total && nowMs - lastMs < PROGRESS_INTERVAL_MS) return;
     lastMs = nowMs;
-    console.error(`${label}: ${done}/${total} request groups`);
+    logger.info({ requestGroups: done, total }, 'backfill progress');
   };
 }
 
-function evaluationProgressPrinter(): (progress: EvaluationProgress) => void {
+/** Logs each stage as it starts and ends, and its count at most every two seconds. */
+function evaluationProgress(logger: Logger): (progress: EvaluationProgress) => void {
   let lastMs = 0;
   let lastStage = '';
   const startedMs = Date.now();
@@ -364,9 +370,8 @@ function evaluationProgressPrinter(): (progress: EvaluationProgress) => void {
     if (stage === lastStage && !finished && nowMs - lastMs < PROGRESS_INTERVAL_MS) return;
     lastMs = nowMs;
     lastStage = stage;
-    const seconds = ((nowMs - startedMs) / 1000).toFixed(0).padStart(4);
-    const count = total === undefined ? '' : ` ${done}/${total}`;
-    console.error(`evaluate [${seconds} s] ${stage}${count}`);
+    const elapsedS = Math.round((nowMs - startedMs) / 1000);
+    logger.info({ stage, done, total, elapsedS }, 'evaluate progress');
   };
 }
 

@@ -1,8 +1,8 @@
 /**
  * A long-running command whose start fails must not linger: before this was fixed, a worker
  * that could not reach Kafka printed the error as plain text and kept its ops server up, so
- * /healthz answered 200 for a process that consumed nothing. One-shot commands print one
- * line on stderr and exit 1; a usage error exits 2.
+ * /healthz answered 200 for a process that consumed nothing. One-shot commands log one pino
+ * line on stderr (their stdout is their result) and exit 1; a usage error exits 2.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -125,12 +125,17 @@ test('an invalid configuration stops the worker with one pino error and exit 1',
   assert.match(String((line?.['err'] as { message?: unknown })?.message), /FLUSH_INTERVAL/);
 });
 
-test('a one-shot command that fails prints one line on stderr and exits 1', async () => {
+test('a one-shot command that fails logs one pino error on stderr and exits 1', async () => {
   const run = await runCli(['items', 'load', '/nonexistent/catalogue'], {}, 10_000);
 
   assert.equal(run.code, 1);
-  assert.equal(run.stdout, '');
-  assert.match(run.stderr, /^affinity: .*ENOENT.*\n$/);
+  assert.equal(run.stdout, '', 'stdout holds only a result, and there is none');
+  const [line, ...others] = jsonLines(run.stderr);
+  assert.equal(others.length, 0, run.stderr);
+  assert.equal(line?.['msg'], 'command failed');
+  assert.equal(line?.['level'], 50);
+  assert.equal(line?.['role'], 'items');
+  assert.match(JSON.stringify(line?.['err']), /ENOENT/);
 });
 
 test('usage errors exit 2, unknown options included', async () => {
