@@ -75,6 +75,11 @@ export interface ReadEventsOptions {
   readonly strict?: boolean;
   /** How many bad rows to keep in `badRows` (all are counted); default 1,000. */
   readonly maxReportedBadRows?: number;
+  /**
+   * Largest JSONL `value`, as AFFINITY_MAX_EVENT_VALUE for the worker (which dead-letters a
+   * larger one): a row above it is bad, not an overflow of the sums. Default: no limit.
+   */
+  readonly maxEventValue?: number;
 }
 
 export interface BadRow {
@@ -240,7 +245,7 @@ export async function readEventsFile(
           .startsWith('{')
           ? 'jsonl'
           : 'csv';
-      if (format === 'jsonl') collector.add(line, parseJsonLine(text, options.timestampUnit));
+      if (format === 'jsonl') collector.add(line, parseJsonLine(text, options));
       else if (csv === null) csv = parseCsvHeader(text, path, line, options);
       else collector.add(line, parseCsvRow(text, csv, options.timestampUnit));
     }
@@ -434,7 +439,7 @@ function toMs(raw: unknown, unit: 's' | 'ms'): number | string {
   return Number.isSafeInteger(ms) ? ms : `timestamp ${value} is out of range`;
 }
 
-function parseJsonLine(text: string, unit: 's' | 'ms'): RowOutcome {
+function parseJsonLine(text: string, options: ReadEventsOptions): RowOutcome {
   let parsed: unknown;
   try {
     parsed = JSON.parse(text);
@@ -450,10 +455,14 @@ function parseJsonLine(text: string, unit: 's' | 'ms'): RowOutcome {
   if (userId === null) return { bad: '"user" must be a non-empty string or an integer' };
   if (itemId === null) return { bad: '"item" must be a non-empty string or an integer' };
   if (typeof type !== 'string' || type === '') return { bad: '"type" must be a non-empty string' };
-  const ms = toMs(ts, unit);
+  const ms = toMs(ts, options.timestampUnit);
   if (typeof ms === 'string') return { bad: ms.replace('timestamp', '"ts"') };
   if (value !== undefined && (typeof value !== 'number' || !Number.isFinite(value) || value < 0)) {
     return { bad: '"value" must be a non-negative number' };
+  }
+  const maxValue = options.maxEventValue ?? Number.POSITIVE_INFINITY;
+  if (value !== undefined && value > maxValue) {
+    return { bad: `"value" ${value} is above the limit ${maxValue}` };
   }
   if (id !== undefined && typeof id !== 'string') return { bad: '"id" must be a string' };
 

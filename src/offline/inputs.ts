@@ -39,6 +39,7 @@ export async function readOfflineEvents(
 ): Promise<{ events: InteractionEvent[]; report: EventsReport }> {
   const read = await readEventsFile(input.path, {
     timestampUnit: input.timestampUnit,
+    maxEventValue: settings.maxEventValue,
     ...(input.signalMap === undefined ? {} : { signalMap: input.signalMap }),
     ...(input.strict === undefined ? {} : { strict: input.strict }),
   });

@@ -17,6 +17,8 @@ export interface MethodSettings {
   readonly historyHalfLifeMs: number;
   readonly cosineThresholds: readonly number[];
   readonly pendingMaxEvents: number;
+  /** AFFINITY_MAX_EVENT_VALUE: a log row with a larger `value` is a bad row, as online. */
+  readonly maxEventValue: number;
   readonly dual: DualSettings;
 }
 
@@ -38,6 +40,7 @@ export function methodSettings(config: Config, overrides: MethodOverrides = {}):
     historyHalfLifeMs: overrides.historyHalfLifeMs ?? config.historyHalfLifeMs,
     cosineThresholds: overrides.cosineThresholds ?? config.cosineThresholds,
     pendingMaxEvents: config.pendingMaxEvents,
+    maxEventValue: config.maxEventValue,
     dual: { ...config.dual, ...overrides.dual },
   };
   checkSettings(settings);

@@ -141,6 +141,26 @@ test('reads JSONL events with their own types, value and id', async (t) => {
   assert.equal(result.ignored, 0);
 });
 
+test('a JSONL value above maxEventValue is a bad row, as the worker dead-letters it', async (t) => {
+  const dir = await temporaryDir(t);
+  const path = join(dir, 'events.jsonl');
+  await writeFile(
+    path,
+    [
+      '{"user":"a","item":"x","ts":1000,"type":"click","value":1000}',
+      '{"user":"a","item":"y","ts":2000,"type":"click","value":1e308}',
+    ].join('\n'),
+  );
+
+  const result = await readEventsFile(path, { timestampUnit: 'ms', maxEventValue: 1_000 });
+  assert.deepEqual(result.events, [{ user: 'a', item: 'x', ts: 1000, type: 'click', value: 1000 }]);
+  assert.deepEqual(
+    result.badRows.map((row) => row.line),
+    [2],
+  );
+  assert.match(result.badRows[0]!.reason, /above the limit 1000/);
+});
+
 test('the format of an unknown extension comes from the first line', async (t) => {
   const dir = await temporaryDir(t);
   const path = join(dir, 'events.log');
