@@ -44,6 +44,7 @@ import { solveDualCg, solveDualExact } from '../src/features/dual.js';
 import type { DualParams, DualSolution, DualTerm } from '../src/features/dual.js';
 import { computeGramian, replaceItem } from '../src/features/gramian.js';
 import type { Gramian } from '../src/features/gramian.js';
+import { relativeError } from '../src/features/vector.js';
 
 const SEED = 20_240_601;
 const DEFAULT_DIMENSIONS = [64, 128, 384, 768];
@@ -652,16 +653,6 @@ function positiveIntegers(name: string, value: string): number[] {
     throw new Error(`${name} must list positive integers, got ${value}`);
   }
   return numbers;
-}
-
-function relativeError(actual: Float32Array, expected: Float32Array): number {
-  let difference = 0;
-  let reference = 0;
-  for (let i = 0; i < expected.length; i++) {
-    difference += (actual[i]! - expected[i]!) ** 2;
-    reference += expected[i]! ** 2;
-  }
-  return Math.sqrt(difference / reference);
 }
 
 /** Mulberry32 (Tommy Ettinger's 32-bit generator): uniform in [0, 1), fixed by its seed. */

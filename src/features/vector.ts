@@ -34,3 +34,14 @@ export function axpy(alpha: number, x: Vector, y: Vector): void {
 export function scale(alpha: number, x: Vector): void {
   for (let i = 0; i < x.length; i++) x[i]! *= alpha;
 }
+
+/** |actual - expected| / |expected|, in float64 whatever the arrays hold. */
+export function relativeError(actual: ArrayLike<number>, expected: ArrayLike<number>): number {
+  let difference = 0;
+  let reference = 0;
+  for (let i = 0; i < expected.length; i++) {
+    difference += (actual[i]! - expected[i]!) ** 2;
+    reference += expected[i]! ** 2;
+  }
+  return Math.sqrt(difference / reference);
+}

@@ -100,7 +100,8 @@ export class UserStateStore {
   }
 
   /**
-   * Writes each state with its revision bumped; returns which writes lost a race. Every state
+   * Writes each state as its revision + 1 where Redis still holds that revision; returns which
+   * were written and which lost a race (the caller records the new revisions). Every state
    * is encoded and sent before the call first yields, so the caller may change the states as
    * soon as it returns (with its promise). The writes go out as pipelines of
    * WRITE_CHUNK_USERS, all sent before the first reply is awaited: still one round trip, but
@@ -125,10 +126,8 @@ export class UserStateStore {
     users.forEach((user, index) => {
       replyValue(replies[COMMANDS_PER_WRITE * index]);
       replyValue(replies[COMMANDS_PER_WRITE * index + 1]);
-      if (replyValue(replies[COMMANDS_PER_WRITE * index + 2]) === 1) {
-        states.get(user)!.revision++;
-        written.push(user);
-      } else conflicts.push(user);
+      if (replyValue(replies[COMMANDS_PER_WRITE * index + 2]) === 1) written.push(user);
+      else conflicts.push(user);
     });
     return { written, conflicts };
   }

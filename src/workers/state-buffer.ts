@@ -105,7 +105,7 @@ export class StateBuffer {
    */
   flushDue(uncommittedOffsets: boolean): boolean {
     if (this.flushInFlight) return false;
-    if (this.dirtyUsers >= this.config.flushMaxUsers) return true;
+    if (this.overfull) return true;
     if (this.dirtyUsers === 0 && !uncommittedOffsets) return false;
     return performance.now() - this.lastFlushMs >= this.flushIntervalMs();
   }
@@ -113,10 +113,6 @@ export class StateBuffer {
   /** Too many changed states wait: the caller should wait for a flush before reading more. */
   get overfull(): boolean {
     return this.dirtyUsers >= this.config.flushMaxUsers;
-  }
-
-  get pendingUsers(): number {
-    return this.dirtyUsers;
   }
 
   /**
@@ -250,7 +246,7 @@ export class StateBuffer {
     const nowMs = Date.now();
     let applied = 0;
     for (const user of users) {
-      const { entry, revision, events } = sent.states.get(user)!;
+      const { entry, revision, events, applied: appliedInWrite } = sent.states.get(user)!;
       entry.state.revision = revision + 1;
       for (let i = 0; i < events; i++) {
         const { ts } = entry.unconfirmed[i]!.event;
@@ -259,8 +255,8 @@ export class StateBuffer {
       // Usually every event was in the write; keep only those applied after it was sent.
       entry.unconfirmed =
         events === entry.unconfirmed.length ? [] : entry.unconfirmed.slice(events);
-      applied += sent.states.get(user)!.applied;
-      entry.applied -= sent.states.get(user)!.applied;
+      applied += appliedInWrite;
+      entry.applied -= appliedInWrite;
     }
     return applied;
   }

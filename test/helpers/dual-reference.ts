@@ -9,6 +9,8 @@ import type { InteractionEvent } from '../../src/events/types.js';
 import type { DualParams, DualTerm } from '../../src/features/dual.js';
 import type { Gramian } from '../../src/features/gramian.js';
 
+export { relativeError } from '../../src/features/vector.js';
+
 export interface Reference {
   /** u* in float64. */
   readonly solution: Float64Array;
@@ -75,16 +77,6 @@ export const FLOAT32_ROUNDING = 2 ** -24;
  */
 export function errorSlack(tolerance: number, dim: number, kappa: number, iterations = 0): number {
   return FLOAT32_ROUNDING * (1 + tolerance) + 4 * (dim + iterations) * kappa * Number.EPSILON;
-}
-
-export function relativeError(actual: ArrayLike<number>, expected: ArrayLike<number>): number {
-  let difference = 0;
-  let reference = 0;
-  for (let i = 0; i < expected.length; i++) {
-    difference += (actual[i]! - expected[i]!) ** 2;
-    reference += expected[i]! ** 2;
-  }
-  return Math.sqrt(difference / reference);
 }
 
 /**
