@@ -11,6 +11,8 @@ export type AffinityErrorCode =
   | 'CATALOGUE_MISSING'
   | 'CATALOGUE_MISMATCH'
   | 'SHUTDOWN_INCOMPLETE'
+  | 'ENGINE_STOPPED'
+  | 'ENGINE_FAILED'
   | 'USAGE';
 
 export class AffinityError extends Error {

@@ -137,6 +137,57 @@ export class WorkerMetrics {
   }
 }
 
+/** The counting side of a prom-client Counter, which the engine thread's recorder also has. */
+export interface CounterLike<L extends string = string> {
+  inc(value?: number): void;
+  inc(labels: Partial<Record<L, string | number>>, value?: number): void;
+}
+
+export interface HistogramLike {
+  observe(value: number): void;
+}
+
+/**
+ * What the state path (StateBuffer, the embedding cache) records. It runs on the engine
+ * thread, whose recorder ships these to the main thread's WorkerMetrics (workers/engine-link).
+ */
+export interface StateMetrics {
+  readonly eventsApplied: CounterLike;
+  readonly eventsDuplicate: CounterLike;
+  readonly eventsPending: CounterLike<'outcome'>;
+  readonly stateConflicts: CounterLike;
+  readonly stateResets: CounterLike;
+  readonly cacheHits: CounterLike;
+  readonly cacheMisses: CounterLike;
+  readonly dualSolves: CounterLike;
+  readonly dualFailures: CounterLike;
+  readonly freshnessSeconds: HistogramLike;
+  readonly redisWriteSeconds: HistogramLike;
+  readonly dualIterations: HistogramLike;
+  readonly dualResidual: HistogramLike;
+  readonly dualSolveSeconds: HistogramLike;
+}
+
+export const STATE_COUNTERS = [
+  'eventsApplied',
+  'eventsDuplicate',
+  'eventsPending',
+  'stateConflicts',
+  'stateResets',
+  'cacheHits',
+  'cacheMisses',
+  'dualSolves',
+  'dualFailures',
+] as const;
+
+export const STATE_HISTOGRAMS = [
+  'freshnessSeconds',
+  'redisWriteSeconds',
+  'dualIterations',
+  'dualResidual',
+  'dualSolveSeconds',
+] as const;
+
 export function createRegistry(withProcessMetrics: boolean): Registry {
   const registry = new Registry();
   if (withProcessMetrics) collectDefaultMetrics({ register: registry });

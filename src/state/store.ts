@@ -58,13 +58,19 @@ export class UserStateStore {
   /** Names this writer's staging keys, apart from every other writer's. */
   private readonly writerId = randomUUID().slice(0, 12);
 
+  /**
+   * `writer` carries the writes, `redis` everything else. The worker gives them separate
+   * connections: on one, a batch's read would wait behind the replies of a whole flush (several
+   * MB of states that Redis takes a few hundred ms to store), and the apply with it.
+   */
   constructor(
     private readonly redis: Redis,
     private readonly keys: KeySpace,
     private readonly idleTtlMs: number,
+    private readonly writer: Redis = redis,
   ) {
-    if (!('affinitySwapState' in redis)) {
-      redis.defineCommand('affinitySwapState', { numberOfKeys: 2, lua: SWAP_STATE_LUA });
+    if (!('affinitySwapState' in writer)) {
+      writer.defineCommand('affinitySwapState', { numberOfKeys: 2, lua: SWAP_STATE_LUA });
     }
   }
 
@@ -112,7 +118,7 @@ export class UserStateStore {
     states: ReadonlyMap<string, UserState>,
     layout: AggregateLayout,
   ): Promise<WriteOutcome> {
-    const copy = this.redis.status !== 'ready' || !this.redis.stream.writable;
+    const copy = this.writer.status !== 'ready' || !this.writer.stream.writable;
     const users = [...states.keys()];
     const chunks: Promise<[Error | null, unknown][] | null>[] = [];
     for (let start = 0; start < users.length; start += WRITE_CHUNK_USERS) {
@@ -147,7 +153,7 @@ export class UserStateStore {
     layout: AggregateLayout,
     copy: boolean,
   ) {
-    const pipeline = this.redis.pipeline() as unknown as ChainableCommander & StateCommands;
+    const pipeline = this.writer.pipeline() as unknown as ChainableCommander & StateCommands;
     const idleTtlMs = String(this.idleTtlMs);
     for (const user of users) {
       const state = states.get(user)!;

@@ -3,11 +3,13 @@
  * the Redis catalogue (its own consumer group, so one member applies each change) and turns the
  * `interactions` topic into user states, batch by batch:
  *
- *   decode → dead-letter the bad ones → BatchProcessor (read, apply, write atomically)
- *   → resolve and commit the batch's offsets.
+ *   main thread: fetch (kafkajs) → hand the batch to the engine → fetch the next
+ *   engine thread: decode → apply to the held states (StateBuffer) → flush → report positions
+ *   main thread: dead-letter the batch's bad messages → commit the reported positions.
  *
- * Offsets are committed only after Redis acknowledged the write, and every state carries the
- * offsets it reflects, so a crash anywhere in between replays events that are then skipped.
+ * Offsets are committed only after Redis acknowledged the write, and after the dead letters of
+ * every batch they cover were sent; every state carries the offsets it reflects, so a crash
+ * anywhere in between replays events that are then skipped.
  */
 import { setTimeout as delay } from 'node:timers/promises';
 import { Partitioners } from 'kafkajs';
@@ -15,21 +17,23 @@ import type { Consumer, EachBatchPayload, Kafka, Producer } from 'kafkajs';
 import { Redis } from 'ioredis';
 import type { Config } from '../config/config.js';
 import { AffinityError } from '../errors.js';
-import { EmbeddingCache } from '../items/cache.js';
 import { CatalogueError } from '../items/errors.js';
 import type { ItemChange } from '../items/store.js';
 import { ItemStore } from '../items/store.js';
 import { parseEmbeddingValue, transformEmbedding } from '../items/transform.js';
 import type { Logger } from '../ops/logger.js';
 import type { WorkerMetrics } from '../ops/metrics.js';
-import { UserStateStore } from '../state/store.js';
-import type { SequencedEvent } from '../state/user-state.js';
-import { decodeEvent } from '../stream/decode.js';
 import type { DeadLetter } from '../stream/kafka.js';
 import { DeadLetterSink, createKafka, ensureTopics } from '../stream/kafka.js';
-import { StateBuffer } from './state-buffer.js';
+import { EngineClient } from './engine-client.js';
+import type { Position, Rejection } from './engine-link.js';
 
 const CATALOGUE_WAIT_MS = 1_000;
+/**
+ * Batches handed to the engine and not yet applied. Two keep both threads busy (one applied
+ * while the next is fetched) without holding more of the stream in memory than that.
+ */
+const MAX_BATCHES_IN_FLIGHT = 2;
 
 export class AffinityWorker {
   private readonly kafka: Kafka;
@@ -38,16 +42,18 @@ export class AffinityWorker {
   private readonly eventsConsumer: Consumer;
   private readonly itemsConsumer: Consumer;
   private readonly itemStore: ItemStore;
-  private readonly cache: EmbeddingCache;
-  private readonly buffer: StateBuffer;
-  /** Next offset to commit per partition, once the states holding its events are flushed. */
-  private readonly positions = new Map<number, string>();
-  /** Serialises batches and the rebalance flush. */
-  private exclusive: Promise<unknown> = Promise.resolve();
+  private readonly engine: EngineClient;
+  /** Batches handed to the engine, oldest first, until it applied them. */
+  private readonly inFlight: Promise<void>[] = [];
+  /** Positions the engine reported flushed and that are not committed yet. */
+  private readonly uncommitted = new Map<number, string>();
+  /** Dead-letter sends, in batch order; a failure leaves it rejected and stops commits. */
+  private letterSends: Promise<void> = Promise.resolve();
   /** Offset commits, in the order of the flushes they follow. */
   private commits: Promise<unknown> = Promise.resolve();
-  private flushTimer: NodeJS.Timeout | null = null;
   private readonly deadLetters: DeadLetterSink;
+  private catalogueSeen = false;
+  private engineUp = false;
   private joined = false;
   private closing: Promise<void> | null = null;
   private failure: Error | null = null;
@@ -79,22 +85,13 @@ export class AffinityWorker {
       groupId: `${config.groupId}-items`,
     });
     this.itemStore = new ItemStore(this.redis, { prefix: config.keyPrefix });
-    const counters = {
-      hit: (n: number) => metrics.cacheHits.inc(n),
-      miss: (n: number) => metrics.cacheMisses.inc(n),
-    };
-    this.cache = new EmbeddingCache(
-      this.itemStore,
-      config.embeddingCacheItems,
-      counters,
-      config.dual.enabled,
-    );
-    const store = new UserStateStore(
-      this.redis,
-      { prefix: config.keyPrefix },
-      config.userIdleTtlMs,
-    );
-    this.buffer = new StateBuffer(config, store, this.cache, metrics, logger);
+    this.engine = new EngineClient(config, logger, metrics, {
+      flushed: (positions) => this.commitFlushed(positions),
+      failed: (error) => {
+        this.engineUp = false;
+        this.fail('engine', error);
+      },
+    });
     this.deadLetters = new DeadLetterSink(this.producer, config.deadLetterTopic);
   }
 
@@ -109,13 +106,15 @@ export class AffinityWorker {
 
   /** Ready once the events consumer joined its group; /readyz reports this. */
   get ready(): boolean {
-    return this.joined && this.closing === null && this.redis.status === 'ready';
+    return this.joined && this.engineUp && this.closing === null && this.redis.status === 'ready';
   }
 
   async start(): Promise<void> {
     await this.redis.connect();
     await this.createTopics();
     await this.producer.connect();
+    await this.engine.start();
+    this.engineUp = true;
     this.watchGroup(this.eventsConsumer, 'events');
     await this.runItemsConsumer();
     await this.runEventsConsumer();
@@ -151,7 +150,7 @@ export class AffinityWorker {
     });
     consumer.on(REBALANCING, () => {
       this.logger.info({ role }, 'consumer rebalancing');
-      if (role === 'events') void this.serially(() => this.flushBeforeRebalance());
+      if (role === 'events') void this.flushBeforeRebalance();
     });
     consumer.on(CRASH, (event) => {
       const { error, restart } = event.payload;
@@ -167,10 +166,8 @@ export class AffinityWorker {
     await this.eventsConsumer.run({
       autoCommit: false,
       eachBatchAutoResolve: false,
-      eachBatch: (payload) => this.serially(() => this.handleEventsBatch(payload)),
+      eachBatch: (payload) => this.handleEventsBatch(payload),
     });
-    const tickMs = Math.max(10, Math.floor(this.config.flushIntervalMs / 2));
-    this.flushTimer = setInterval(() => void this.flushOnTick(), tickMs);
   }
 
   private async runItemsConsumer(): Promise<void> {
@@ -184,76 +181,98 @@ export class AffinityWorker {
     });
   }
 
+  /**
+   * Hands the batch to the engine and resolves its offsets at once, so that kafkajs fetches the
+   * next batch while the engine applies this one. Resolving only moves this consumer's fetch
+   * position: the committed offsets follow the engine's confirmed flushes.
+   */
   private async handleEventsBatch(payload: EachBatchPayload): Promise<void> {
     const { batch } = payload;
     const last = batch.messages[batch.messages.length - 1];
     if (!last || !payload.isRunning() || payload.isStale() || this.closing) return;
-    const stopTimer = this.metrics.batchSeconds.startTimer();
     this.metrics.eventsConsumed.inc({ topic: batch.topic }, batch.messages.length);
-
-    const { events, letters } = this.decodeBatch(payload);
-    await this.deadLetters.send(letters);
-    for (const letter of letters) this.metrics.eventsDeadLettered.inc({ reason: letter.reason });
     await this.waitForCatalogue(payload);
-    await this.buffer.apply(events);
 
+    const stopTimer = this.metrics.batchSeconds.startTimer();
+    const applied = this.engine.apply(batch.partition, batch.messages).then((rejections) => {
+      stopTimer();
+      this.deadLetter(payload, rejections);
+    });
+    // Handled where it is awaited (drainInFlight, close); this keeps a lost engine from also
+    // surfacing as an unhandled rejection.
+    applied.catch(() => undefined);
+    this.inFlight.push(applied);
     payload.resolveOffset(last.offset);
-    this.positions.set(batch.partition, (BigInt(last.offset) + 1n).toString());
-    await this.flushIfDue();
+
+    await this.drainInFlight(payload, MAX_BATCHES_IN_FLIGHT);
     await payload.heartbeat();
     const lag = Number(batch.offsetLag());
     this.metrics.consumerLag.set({ topic: batch.topic, partition: String(batch.partition) }, lag);
-    stopTimer();
   }
 
-  /** Runs `work` after everything queued before it, so flushes never overlap a batch. */
-  private serially<T>(work: () => Promise<T>): Promise<T> {
-    const run = this.exclusive.then(work, work);
-    this.exclusive = run.catch(() => undefined);
-    return run;
+  /** Waits until at most `max` batches are in flight, heartbeating while the engine works. */
+  private async drainInFlight(payload: EachBatchPayload, max: number): Promise<void> {
+    const heartbeatMs = Math.floor(this.config.kafkaSessionTimeoutMs / 3);
+    while (this.inFlight.length > max) {
+      const oldest = this.inFlight[0]!;
+      const done = await Promise.race([oldest.then(() => true), delay(heartbeatMs, false)]);
+      if (!done) {
+        await payload.heartbeat();
+        continue;
+      }
+      this.inFlight.shift();
+    }
+  }
+
+  /** Sends the batch's rejected messages, in batch order, before any commit that covers them. */
+  private deadLetter(payload: EachBatchPayload, rejections: readonly Rejection[]): void {
+    if (rejections.length === 0) return;
+    const { batch } = payload;
+    const letters: DeadLetter[] = rejections.map(([index, reason, detail]) => {
+      const message = batch.messages[index]!;
+      this.metrics.eventsDeadLettered.inc({ reason });
+      return {
+        key: message.key,
+        value: message.value,
+        reason,
+        detail,
+        sourceTopic: batch.topic,
+        partition: batch.partition,
+        offset: message.offset,
+      };
+    });
+    const sent = this.letterSends.then(() => this.deadLetters.send(letters));
+    sent.catch((err: unknown) => this.fail('dead letters', err as Error));
+    this.letterSends = sent;
   }
 
   /**
-   * Starts a flush when one is due, without waiting for Redis to confirm it: the next batches
-   * are applied meanwhile. Only when too many changed states wait does it wait (backpressure).
+   * Commits what the engine flushed, once the dead letters sent before are out. A commit that
+   * fails (the partition moved in a rebalance) is harmless: the new owner replays those events
+   * and skips them by the offsets stored with each state.
    */
-  private async flushIfDue(): Promise<void> {
-    if (!this.buffer.flushDue(this.positions.size > 0)) return;
-    const flushed = this.flushAndCommit();
-    if (this.buffer.overfull) await flushed;
-    else
-      flushed.catch((err: unknown) => {
-        this.logger.warn({ err }, 'flush failed; the next flush writes the same states again');
-      });
+  private commitFlushed(positions: readonly Position[]): void {
+    for (const [partition, offset] of positions) this.uncommitted.set(partition, offset);
+    const commit = this.commits.then(async () => {
+      await this.letterSends;
+      await this.commit();
+    });
+    this.commits = commit.catch(() => undefined);
   }
 
-  /**
-   * Writes every changed state, then commits the offsets of the events they hold. The
-   * positions are read before the flush starts, so they never run ahead of what it writes. A
-   * commit that fails (the partition moved in a rebalance) is harmless: the new owner replays
-   * those events and skips them by the offsets stored with each state.
-   */
-  private async flushAndCommit(): Promise<void> {
-    const positions = [...this.positions].map(([partition, offset]) => ({
+  private async commit(): Promise<void> {
+    const positions = [...this.uncommitted].map(([partition, offset]) => ({
       topic: this.config.eventsTopic,
       partition,
       offset,
     }));
-    const outcome = await this.buffer.flush();
     if (positions.length === 0) return;
-
-    const commit = this.commits.then(() => this.commit(positions));
-    this.commits = commit.catch(() => undefined);
-    await commit;
-    this.logger.debug({ ...outcome, positions }, 'flushed and committed');
-  }
-
-  private async commit(positions: { topic: string; partition: number; offset: string }[]) {
     try {
       await this.eventsConsumer.commitOffsets(positions);
       for (const { partition, offset } of positions) {
-        if (this.positions.get(partition) === offset) this.positions.delete(partition);
+        if (this.uncommitted.get(partition) === offset) this.uncommitted.delete(partition);
       }
+      this.logger.debug({ positions }, 'flushed and committed');
     } catch (err) {
       this.logger.warn(
         { err, positions },
@@ -262,41 +281,10 @@ export class AffinityWorker {
     }
   }
 
-  private decodeBatch(payload: EachBatchPayload): {
-    events: SequencedEvent[];
-    letters: DeadLetter[];
-  } {
-    const { batch } = payload;
-    const nowMs = Date.now();
-    const events: SequencedEvent[] = [];
-    const letters: DeadLetter[] = [];
-
-    for (const message of batch.messages) {
-      const result = decodeEvent(message.value, nowMs, this.config);
-      if (result.ok) {
-        events.push({
-          event: result.event,
-          position: { partition: batch.partition, offset: Number(message.offset) },
-        });
-        continue;
-      }
-      letters.push({
-        key: message.key,
-        value: message.value,
-        reason: result.reason,
-        detail: result.detail,
-        sourceTopic: batch.topic,
-        partition: batch.partition,
-        offset: message.offset,
-      });
-    }
-    return { events, letters };
-  }
-
   /** Events cannot be applied before the catalogue fixes the dimension; wait, heartbeating. */
   private async waitForCatalogue(payload: EachBatchPayload): Promise<void> {
-    // Once the cache holds a catalogue, the batch's own read (StateBuffer.hold) follows it.
-    if (this.cache.meta) return;
+    // Once there is a catalogue, the engine's read of each batch (StateBuffer.hold) follows it.
+    if (this.catalogueSeen) return;
     let warned = false;
     while (payload.isRunning() && !(await this.itemStore.readMeta())) {
       if (!warned) this.logger.warn({}, 'waiting for an item catalogue before applying events');
@@ -304,6 +292,7 @@ export class AffinityWorker {
       await payload.heartbeat();
       await delay(CATALOGUE_WAIT_MS);
     }
+    this.catalogueSeen = payload.isRunning();
     if (!payload.isRunning()) {
       throw new AffinityError('CATALOGUE_MISSING', 'stopped while waiting for a catalogue', {
         retriable: true,
@@ -360,26 +349,20 @@ export class AffinityWorker {
     await this.itemStore.applyChanges(changes, true);
   }
 
-  /** The timer's flush: between batches, so that a quiet stream is written too. */
-  private flushOnTick(): Promise<void> {
-    return this.flushIfDue().catch((err: unknown) => {
-      this.logger.warn({ err }, 'timed flush failed; the next batch or tick retries');
-    });
-  }
-
   /** Held states may belong to partitions about to move: write them, then forget them all. */
   private async flushBeforeRebalance(): Promise<void> {
     try {
-      await this.flushAndCommit();
+      await this.engine.flush(true);
     } catch (err) {
       this.logger.warn({ err }, 'flush before rebalance failed; the events will be replayed');
     }
-    await this.buffer.clear();
-    this.positions.clear();
+    await this.commits;
+    this.uncommitted.clear();
   }
 
   /** A consumer that kafkajs will not restart leaves the worker useless: stop it all. */
   private fail(role: string, error: Error): void {
+    if (this.failure) return;
     this.failure ??= error;
     this.logger.fatal({ role, err: error }, 'consumer stopped for good; stopping the worker');
     this.close().catch((err: unknown) => {
@@ -398,16 +381,17 @@ export class AffinityWorker {
   }
 
   private async closeAll(): Promise<void> {
-    if (this.flushTimer) clearInterval(this.flushTimer);
     const topics = [{ topic: this.config.eventsTopic }];
     const steps: [string, () => Promise<unknown>][] = [
       ['events consumer pause', async () => this.eventsConsumer.pause(topics)],
-      ['final flush', () => this.serially(() => this.flushAndCommit())],
+      ['final flush', () => this.engine.flush(false)],
+      ['dead letters', () => this.letterSends],
       ['offset commits', () => this.commits],
       ['events consumer stop', () => this.eventsConsumer.stop()],
       ['events consumer', () => this.eventsConsumer.disconnect()],
       ['items consumer', () => this.itemsConsumer.disconnect()],
       ['producer', () => this.producer.disconnect()],
+      ['engine', () => this.engine.stop()],
       ['redis', () => this.redis.quit()],
     ];
     const failed: string[] = [];

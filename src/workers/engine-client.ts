@@ -1,0 +1,142 @@
+/**
+ * The main thread's handle on the engine thread (workers/engine-link.ts): hands batches over,
+ * asks for flushes and the stop, and turns the engine's messages back into promises, metrics
+ * and log lines. Everything the engine reports arrives in the order it sent it, so a batch's
+ * answer always comes before the flush report that covers it.
+ */
+import { Worker } from 'node:worker_threads';
+import type { KafkaMessage } from 'kafkajs';
+import type { Config } from '../config/config.js';
+import { AffinityError } from '../errors.js';
+import type { Logger } from '../ops/logger.js';
+import type { WorkerMetrics } from '../ops/metrics.js';
+import type { EngineError, FromEngine, Position, Rejection, ToEngine } from './engine-link.js';
+import { applyMetricDelta, relayLogLine } from './engine-link.js';
+import type { EngineData } from './engine-thread.js';
+
+export interface EngineEvents {
+  /** A flush Redis confirmed: commit these positions. */
+  flushed(positions: readonly Position[]): void;
+  /** The engine stopped for good; the worker must stop too. */
+  failed(error: Error): void;
+}
+
+interface Waiter {
+  resolve(value: unknown): void;
+  reject(error: Error): void;
+}
+
+export class EngineClient {
+  private readonly thread: Worker;
+  private seq = 0;
+  private readonly waiters = new Map<number, Waiter>();
+  private readonly started: Promise<void>;
+  private exited = false;
+  private stopping = false;
+
+  constructor(
+    config: Config,
+    private readonly logger: Logger,
+    private readonly metrics: WorkerMetrics,
+    private readonly events: EngineEvents,
+  ) {
+    const workerData: EngineData = { config, logLevel: logger.level };
+    this.thread = new Worker(new URL('./engine-thread.js', import.meta.url), { workerData });
+    this.started = new Promise((resolve, reject) => this.waiters.set(0, { resolve, reject }));
+    this.thread.on('message', (message: FromEngine) => this.receive(message));
+    this.thread.on('error', (err) => this.lost(err));
+    this.thread.on('exit', (code) => this.lost(new Error(`engine thread exited (${code})`)));
+  }
+
+  /** Resolves once the engine is connected to Redis and taking batches. */
+  start(): Promise<void> {
+    return this.started;
+  }
+
+  /** Hands a batch over; resolves with its rejected messages once it is applied. */
+  apply(partition: number, messages: readonly KafkaMessage[]): Promise<readonly Rejection[]> {
+    let total = 0;
+    for (const message of messages) total += message.value?.length ?? 0;
+    const values = new Uint8Array(total);
+    const ends = new Uint32Array(messages.length);
+    const nulls = new Uint8Array(messages.length);
+    const offsets = new Float64Array(messages.length);
+    let end = 0;
+    messages.forEach((message, i) => {
+      if (message.value === null) nulls[i] = 1;
+      else values.set(message.value, end);
+      end += message.value?.length ?? 0;
+      ends[i] = end;
+      offsets[i] = Number(message.offset);
+    });
+
+    const seq = this.nextSeq();
+    const buffers = [values.buffer, ends.buffer, nulls.buffer, offsets.buffer];
+    const batch = { kind: 'batch', seq, partition, values: values.buffer, ends, nulls, offsets };
+    return this.request(seq, batch as ToEngine, buffers) as Promise<readonly Rejection[]>;
+  }
+
+  /** Writes every applied state (and reports its positions first); `clear` then drops them. */
+  async flush(clear: boolean): Promise<void> {
+    const seq = this.nextSeq();
+    await this.request(seq, { kind: 'flush', seq, clear });
+  }
+
+  /** Closes the engine's Redis connection and ends the thread. */
+  async stop(): Promise<void> {
+    if (this.exited) return;
+    this.stopping = true;
+    const seq = this.nextSeq();
+    await this.request(seq, { kind: 'stop', seq });
+  }
+
+  private nextSeq(): number {
+    this.seq += 1;
+    return this.seq;
+  }
+
+  private request(seq: number, message: ToEngine, transfer: ArrayBuffer[] = []): Promise<unknown> {
+    if (this.exited) return Promise.reject(new AffinityError('ENGINE_STOPPED', 'engine stopped'));
+    const answered = new Promise((resolve, reject) => this.waiters.set(seq, { resolve, reject }));
+    this.thread.postMessage(message, transfer);
+    return answered;
+  }
+
+  private receive(message: FromEngine): void {
+    if (message.kind === 'log') {
+      relayLogLine(this.logger, message.line);
+      return;
+    }
+    applyMetricDelta(this.metrics, message.metrics);
+    if (message.kind === 'ready') this.settle(0, null, undefined);
+    else if (message.kind === 'applied') this.settle(message.seq, null, message.rejections);
+    else if (message.kind === 'reply') this.settle(message.seq, message.error, undefined);
+    else if (message.kind === 'flushed') this.events.flushed(message.positions);
+    else this.lost(engineError(message.error));
+  }
+
+  private settle(seq: number, error: EngineError | null, value: unknown): void {
+    const waiter = this.waiters.get(seq);
+    if (!waiter) return;
+    this.waiters.delete(seq);
+    if (error) waiter.reject(engineError(error));
+    else waiter.resolve(value);
+  }
+
+  /** The thread failed or ended: nothing pending will be answered. */
+  private lost(error: Error): void {
+    if (this.exited) return;
+    this.exited = true;
+    for (const waiter of this.waiters.values()) waiter.reject(error);
+    this.waiters.clear();
+    if (!this.stopping) this.events.failed(error);
+  }
+}
+
+function engineError(error: EngineError): Error {
+  const err = new AffinityError('ENGINE_FAILED', `engine thread: ${error.message}`, {
+    retriable: true,
+  });
+  if (error.stack) err.stack = error.stack;
+  return err;
+}

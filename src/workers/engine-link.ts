@@ -1,0 +1,218 @@
+/**
+ * What the events worker's two threads say to each other. The main thread runs kafkajs (fetching
+ * and decoding record batches, committing, dead-lettering); the engine thread
+ * (workers/engine-thread.ts) decodes the events and runs the state path: apply, flush, the dual
+ * solves. Each side works while the other does, which is where the split pays: kafkajs' fetch
+ * and record decoding no longer wait for the apply, nor the apply for them.
+ *
+ * A batch crosses as one transferred buffer of the message values, their ends and offsets: no
+ * per-message object is cloned. The engine answers each batch once it is applied (with the
+ * rejected messages, which the main thread dead-letters, since it holds the originals), and
+ * reports each confirmed flush with the Kafka positions it covers, which the main thread then
+ * commits. Metrics and log lines recorded on the engine ride along with its messages and are
+ * replayed on the main thread's registry and logger, so /metrics and the logs look as they
+ * would with one thread.
+ */
+import type { Logger } from '../ops/logger.js';
+import type { CounterLike, HistogramLike, StateMetrics, WorkerMetrics } from '../ops/metrics.js';
+import { STATE_COUNTERS, STATE_HISTOGRAMS } from '../ops/metrics.js';
+import type { RejectReason } from '../stream/decode.js';
+
+export interface BatchMessage {
+  readonly kind: 'batch';
+  readonly seq: number;
+  readonly partition: number;
+  /** The values end to end; value i is bytes [ends[i - 1], ends[i]). */
+  readonly values: ArrayBuffer;
+  readonly ends: Uint32Array;
+  /** 1 where the message had no value (a tombstone). */
+  readonly nulls: Uint8Array;
+  readonly offsets: Float64Array;
+}
+
+export interface FlushRequest {
+  readonly kind: 'flush';
+  readonly seq: number;
+  /** Drop every held state afterwards (a rebalance may move the partitions). */
+  readonly clear: boolean;
+}
+
+export interface StopRequest {
+  readonly kind: 'stop';
+  readonly seq: number;
+}
+
+export type ToEngine = BatchMessage | FlushRequest | StopRequest;
+
+export type Rejection = readonly [index: number, reason: RejectReason, detail: string];
+
+/** Partition and the next offset to commit, as kafkajs takes it. */
+export type Position = readonly [partition: number, offset: string];
+
+export type FromEngine =
+  | { readonly kind: 'ready'; readonly metrics: MetricDelta | null }
+  | {
+      readonly kind: 'applied';
+      readonly seq: number;
+      readonly rejections: readonly Rejection[];
+      readonly metrics: MetricDelta | null;
+    }
+  | {
+      readonly kind: 'flushed';
+      readonly positions: readonly Position[];
+      readonly metrics: MetricDelta | null;
+    }
+  | {
+      readonly kind: 'reply';
+      readonly seq: number;
+      readonly error: EngineError | null;
+      readonly metrics: MetricDelta | null;
+    }
+  | { readonly kind: 'log'; readonly line: string }
+  | { readonly kind: 'failed'; readonly error: EngineError; readonly metrics: MetricDelta | null };
+
+export interface EngineError {
+  readonly message: string;
+  readonly code?: string;
+  readonly stack?: string;
+}
+
+export function describeError(err: unknown): EngineError {
+  if (!(err instanceof Error)) return { message: String(err) };
+  const code = (err as { code?: unknown }).code;
+  return {
+    message: err.message,
+    ...(typeof code === 'string' ? { code } : {}),
+    ...(err.stack === undefined ? {} : { stack: err.stack }),
+  };
+}
+
+type CounterName = (typeof STATE_COUNTERS)[number];
+type HistogramName = (typeof STATE_HISTOGRAMS)[number];
+
+/** Counter increments summed by metric and labels; histogram observations in order. */
+export interface MetricDelta {
+  readonly counters: readonly (readonly [CounterName, string | null, number])[];
+  readonly histograms: readonly (readonly [HistogramName, Float64Array])[];
+}
+
+/**
+ * StateMetrics that only remember: the engine thread's metrics, taken (and reset) with every
+ * message it sends. Counters cost a map update; observations an array push.
+ */
+export class MetricRecorder {
+  readonly metrics: StateMetrics;
+  private counts = new Map<string, [CounterName, string | null, number]>();
+  private observed = new Map<HistogramName, number[]>();
+
+  constructor() {
+    const metrics: Record<string, CounterLike<string> | HistogramLike> = {};
+    for (const name of STATE_COUNTERS) metrics[name] = this.counter(name);
+    for (const name of STATE_HISTOGRAMS) metrics[name] = this.histogram(name);
+    this.metrics = metrics as unknown as StateMetrics;
+  }
+
+  /** Everything recorded since the last call, or null when nothing was. */
+  take(): MetricDelta | null {
+    if (this.counts.size === 0 && this.observed.size === 0) return null;
+    const counters = [...this.counts.values()];
+    const histograms = [...this.observed].map(
+      ([name, values]) => [name, Float64Array.from(values)] as const,
+    );
+    this.counts = new Map();
+    this.observed = new Map();
+    return { counters, histograms };
+  }
+
+  private counter(name: CounterName): CounterLike<string> {
+    const add = (labels: Record<string, string | number> | null, value: number) => {
+      const key = labels === null ? null : JSON.stringify(labels);
+      const id = key === null ? name : `${name}${key}`;
+      const entry = this.counts.get(id);
+      if (entry) entry[2] += value;
+      else this.counts.set(id, [name, key, value]);
+    };
+    return {
+      inc(first?: number | Partial<Record<string, string | number>>, second?: number): void {
+        if (typeof first === 'object') add(first as Record<string, string | number>, second ?? 1);
+        else add(null, first ?? 1);
+      },
+    };
+  }
+
+  private histogram(name: HistogramName): HistogramLike {
+    return {
+      observe: (value: number) => {
+        let values = this.observed.get(name);
+        if (!values) this.observed.set(name, (values = []));
+        values.push(value);
+      },
+    };
+  }
+}
+
+/** Replays an engine's delta on the main thread's registry. */
+export function applyMetricDelta(metrics: WorkerMetrics, delta: MetricDelta | null): void {
+  if (!delta) return;
+  for (const [name, labels, value] of delta.counters) {
+    const counter = metrics[name] as CounterLike<string>;
+    if (labels === null) counter.inc(value);
+    else counter.inc(JSON.parse(labels) as Record<string, string>, value);
+  }
+  for (const [name, values] of delta.histograms) {
+    const histogram = metrics[name];
+    for (const value of values) histogram.observe(value);
+  }
+}
+
+const PINO_LEVELS: Record<number, 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal'> = {
+  10: 'trace',
+  20: 'debug',
+  30: 'info',
+  40: 'warn',
+  50: 'error',
+  60: 'fatal',
+};
+
+/** Fields pino adds by itself; the main thread's logger adds its own. */
+const OWN_FIELDS = ['level', 'time', 'pid', 'hostname', 'msg', 'service'];
+
+/** Logs one JSON line of the engine's pino through the main thread's logger. */
+export function relayLogLine(logger: Logger, line: string): void {
+  let record: Record<string, unknown>;
+  try {
+    record = JSON.parse(line) as Record<string, unknown>;
+  } catch {
+    logger.warn({ line }, 'engine thread wrote a log line that is not JSON');
+    return;
+  }
+  const level = PINO_LEVELS[Number(record['level'])] ?? 'info';
+  const message = typeof record['msg'] === 'string' ? record['msg'] : '';
+  const fields: Record<string, unknown> = { thread: 'engine' };
+  for (const [name, value] of Object.entries(record)) {
+    if (!OWN_FIELDS.includes(name)) fields[name] = value;
+  }
+  if (isRecord(fields['err'])) fields['err'] = revivedError(fields['err']);
+  logger[level](fields, message);
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null;
+}
+
+/**
+ * The engine's pino already serialised its error; an Error again, so that the main thread's
+ * serialiser gives the same { type, message, stack, ... } rather than serialising a plain
+ * object as type "Object".
+ */
+function revivedError(serialised: Record<string, unknown>): Error {
+  const { type, message, stack, ...rest } = serialised;
+  const error = Object.assign(new Error(String(message ?? '')), rest);
+  error.stack = typeof stack === 'string' ? stack : '';
+  if (typeof type === 'string') {
+    // pino's serialiser names an error by its constructor when that is a function.
+    Object.defineProperty(error, 'name', { value: type, enumerable: false });
+    Object.defineProperty(error, 'constructor', { value: null, enumerable: false });
+  }
+  return error;
+}

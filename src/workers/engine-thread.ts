@@ -1,0 +1,244 @@
+/**
+ * The events worker's engine thread (see workers/engine-link.ts for the split): it decodes the
+ * batches the main thread hands over, applies them to the held user states, flushes them to
+ * Redis, and reports each confirmed flush with the Kafka positions it covers. Batches are
+ * applied one at a time in the order they came; a flush is sent between two batches and
+ * confirmed while the next ones are applied, exactly as the single-threaded worker did.
+ *
+ * A batch that cannot be applied for a passing reason (Redis away, the catalogue not yet
+ * there) is tried again here, with a growing pause, rather than handed back: the main thread
+ * has already moved its fetch position past it, so giving up on it would skip it. Anything
+ * else stops the engine, and the worker with it; the events after the last commit are then
+ * replayed by the next start, and skipped where already applied.
+ */
+import { setTimeout as delay } from 'node:timers/promises';
+import { parentPort, workerData } from 'node:worker_threads';
+import { Redis } from 'ioredis';
+import { pino } from 'pino';
+import type { Config } from '../config/config.js';
+import { AffinityError } from '../errors.js';
+import { EmbeddingCache } from '../items/cache.js';
+import { ItemStore } from '../items/store.js';
+import type { Logger } from '../ops/logger.js';
+import { UserStateStore } from '../state/store.js';
+import type { SequencedEvent } from '../state/user-state.js';
+import { decodeEvent } from '../stream/decode.js';
+import type { BatchMessage, FlushRequest, FromEngine, Rejection, ToEngine } from './engine-link.js';
+import { MetricRecorder, describeError } from './engine-link.js';
+import { StateBuffer } from './state-buffer.js';
+
+export interface EngineData {
+  readonly config: Config;
+  readonly logLevel: string;
+}
+
+const RETRY_FIRST_MS = 100;
+const RETRY_MAX_MS = 5_000;
+
+class Engine {
+  private readonly redis: Redis;
+  /** The state writes' own connection (see UserStateStore). */
+  private readonly writer: Redis;
+  private readonly buffer: StateBuffer;
+  private readonly recorder = new MetricRecorder();
+  private readonly logger: Logger;
+  /** Next offset to commit per partition, once the states holding its events are flushed. */
+  private readonly positions = new Map<number, string>();
+  /** Serialises batches, requested flushes and the stop. */
+  private exclusive: Promise<unknown> = Promise.resolve();
+  private flushTimer: NodeJS.Timeout | null = null;
+  private stopping = false;
+  private failed = false;
+
+  constructor(
+    private readonly config: Config,
+    logLevel: string,
+    private readonly send: (message: FromEngine) => void,
+  ) {
+    this.logger = pino({ level: logLevel, base: null }, { write: (line) => this.log(line) });
+    this.redis = new Redis(config.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 3 });
+    this.writer = new Redis(config.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 3 });
+    const itemStore = new ItemStore(this.redis, { prefix: config.keyPrefix });
+    const metrics = this.recorder.metrics;
+    const counters = {
+      hit: (n: number) => metrics.cacheHits.inc(n),
+      miss: (n: number) => metrics.cacheMisses.inc(n),
+    };
+    const cache = new EmbeddingCache(
+      itemStore,
+      config.embeddingCacheItems,
+      counters,
+      config.dual.enabled,
+    );
+    const store = new UserStateStore(
+      this.redis,
+      { prefix: config.keyPrefix },
+      config.userIdleTtlMs,
+      this.writer,
+    );
+    this.buffer = new StateBuffer(config, store, cache, metrics, this.logger);
+  }
+
+  async start(): Promise<void> {
+    await Promise.all([this.redis.connect(), this.writer.connect()]);
+    const tickMs = Math.max(10, Math.floor(this.config.flushIntervalMs / 2));
+    this.flushTimer = setInterval(() => void this.flushOnTick(), tickMs);
+    this.send({ kind: 'ready', metrics: this.recorder.take() });
+  }
+
+  receive(message: ToEngine): void {
+    if (this.failed && message.kind !== 'stop') return;
+    if (message.kind === 'batch') void this.serially(() => this.applyBatch(message));
+    else if (message.kind === 'flush') void this.serially(() => this.requestedFlush(message));
+    else void this.serially(() => this.stop(message.seq));
+  }
+
+  private async applyBatch(batch: BatchMessage): Promise<void> {
+    const { events, rejections } = decodeBatch(batch, this.config);
+    await this.retrying(() => this.buffer.apply(events));
+    const last = batch.offsets[batch.offsets.length - 1]!;
+    this.positions.set(batch.partition, String(last + 1));
+    this.send({ kind: 'applied', seq: batch.seq, rejections, metrics: this.recorder.take() });
+    await this.flushIfDue();
+  }
+
+  /** Runs `work` until it succeeds, pausing longer after each passing failure. */
+  private async retrying(work: () => Promise<void>): Promise<void> {
+    for (let pauseMs = RETRY_FIRST_MS; ; pauseMs = Math.min(RETRY_MAX_MS, 2 * pauseMs)) {
+      try {
+        await work();
+        return;
+      } catch (err) {
+        if (!isPassing(err) || this.stopping) throw err;
+        this.logger.warn({ err, retryInMs: pauseMs }, 'batch not applied; trying it again');
+        await delay(pauseMs);
+      }
+    }
+  }
+
+  /** Runs `work` after everything queued before it; a failure stops the engine. */
+  private serially(work: () => Promise<void>): Promise<void> {
+    const run = this.exclusive.then(work);
+    this.exclusive = run.catch((err: unknown) => this.fail(err));
+    return this.exclusive as Promise<void>;
+  }
+
+  /**
+   * Starts a flush when one is due, without waiting for Redis to confirm it: the next batches
+   * are applied meanwhile. Only when too many changed states wait does it wait (backpressure).
+   */
+  private async flushIfDue(): Promise<void> {
+    if (!this.buffer.flushDue(this.positions.size > 0)) return;
+    const flushed = this.flushAndReport();
+    if (this.buffer.overfull) await flushed;
+    else
+      flushed.catch((err: unknown) => {
+        this.logger.warn({ err }, 'flush failed; the next flush writes the same states again');
+      });
+  }
+
+  /**
+   * Writes every changed state, then reports the positions of the events they hold for the
+   * main thread to commit. The positions are read before the flush starts, so they never run
+   * ahead of what it writes.
+   */
+  private async flushAndReport(): Promise<void> {
+    const positions = [...this.positions];
+    await this.buffer.flush();
+    for (const [partition, offset] of positions) {
+      if (this.positions.get(partition) === offset) this.positions.delete(partition);
+    }
+    this.send({ kind: 'flushed', positions, metrics: this.recorder.take() });
+  }
+
+  /** The timer's flush: between batches, so that a quiet stream is written too. */
+  private flushOnTick(): Promise<void> {
+    return this.flushIfDue().catch((err: unknown) => {
+      this.logger.warn({ err }, 'timed flush failed; the next batch or tick retries');
+    });
+  }
+
+  /** A flush the main thread asked for (stop, rebalance); its reply follows the report. */
+  private async requestedFlush(request: FlushRequest): Promise<void> {
+    let error = null;
+    try {
+      await this.flushAndReport();
+    } catch (err) {
+      error = describeError(err);
+    }
+    if (request.clear) {
+      await this.buffer.clear();
+      this.positions.clear();
+    }
+    this.send({ kind: 'reply', seq: request.seq, error, metrics: this.recorder.take() });
+  }
+
+  private async stop(seq: number): Promise<void> {
+    this.stopping = true;
+    if (this.flushTimer) clearInterval(this.flushTimer);
+    let error = null;
+    try {
+      await Promise.all([this.redis.quit(), this.writer.quit()]);
+    } catch (err) {
+      error = describeError(err);
+    }
+    this.send({ kind: 'reply', seq, error, metrics: this.recorder.take() });
+    parentPort?.close();
+  }
+
+  private fail(err: unknown): void {
+    this.failed = true;
+    if (this.flushTimer) clearInterval(this.flushTimer);
+    this.send({ kind: 'failed', error: describeError(err), metrics: this.recorder.take() });
+  }
+
+  private log(line: string): void {
+    this.send({ kind: 'log', line });
+  }
+}
+
+/**
+ * Errors worth waiting out: Redis unreachable or failing a command, a catalogue not there yet
+ * or changing under a flush. A programming error or a refused state is not.
+ */
+function isPassing(err: unknown): boolean {
+  if (err instanceof AffinityError) return err.retriable;
+  return !(err instanceof TypeError || err instanceof RangeError || err instanceof SyntaxError);
+}
+
+function decodeBatch(
+  batch: BatchMessage,
+  config: Config,
+): { events: SequencedEvent[]; rejections: Rejection[] } {
+  const nowMs = Date.now();
+  const bytes = Buffer.from(batch.values);
+  const events: SequencedEvent[] = [];
+  const rejections: Rejection[] = [];
+  let start = 0;
+  for (let i = 0; i < batch.offsets.length; i++) {
+    const end = batch.ends[i]!;
+    const value = batch.nulls[i] === 1 ? null : bytes.subarray(start, end);
+    start = end;
+    const result = decodeEvent(value, nowMs, config);
+    if (result.ok) {
+      const position = { partition: batch.partition, offset: batch.offsets[i]! };
+      events.push({ event: result.event, position });
+    } else rejections.push([i, result.reason, result.detail]);
+  }
+  return { events, rejections };
+}
+
+async function main(): Promise<void> {
+  const port = parentPort;
+  if (!port) throw new Error('the engine runs as a worker thread of the events worker');
+  const { config, logLevel } = workerData as EngineData;
+  const engine = new Engine(config, logLevel, (message) => port.postMessage(message));
+  port.on('message', (message: ToEngine) => engine.receive(message));
+  try {
+    await engine.start();
+  } catch (err) {
+    port.postMessage({ kind: 'failed', error: describeError(err), metrics: null });
+  }
+}
+
+await main();
