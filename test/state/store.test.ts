@@ -1,13 +1,15 @@
 /**
- * UserStateStore.writeMany hands ioredis views of the states' arrays, not copies (store.ts):
- * the states may change as soon as the call returns, so what reaches Redis must be the state
- * as it was at the call, whether the connection was ready (ioredis serialises at once) or
- * still connecting (ioredis queues the command; the store then copies).
+ * UserStateStore.writeMany encodes the states itself (state/resp.ts) and hands ioredis the
+ * bytes: the states may change as soon as the call returns, so what reaches Redis must be the
+ * state as it was at the call, whether the connection was ready or still connecting (ioredis
+ * queues the commands). A Redis that lost the swap script (restarted, SCRIPT FLUSH) fails one
+ * write, retriably, and the next one goes through.
  */
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { test } from 'node:test';
 import { Redis } from 'ioredis';
+import { AffinityError } from '../../src/errors.js';
 import { DEFAULT_SIGNALS_SPEC, parseSignals } from '../../src/events/types.js';
 import { UserStateStore } from '../../src/state/store.js';
 import type { UserState } from '../../src/state/user-state.js';
@@ -67,4 +69,25 @@ test('a write queued while connecting holds the state as it was at the call', as
 
   await writeThenChange(redis, keyPrefix);
   await connected;
+});
+
+test('a write after Redis lost the swap script fails retriably, and the next one lands', async (t) => {
+  const { keyPrefix } = testConfig();
+  defer(t, () => deleteKeys(keyPrefix));
+  const redis = new Redis(REDIS_URL);
+  defer(t, () => redis.quit());
+  const store = new UserStateStore(redis, { prefix: keyPrefix }, 0);
+  const state = stateWithOneEvent();
+  assert.deepEqual((await store.writeMany(new Map([['u', state]]), layout)).written, ['u']);
+  state.revision += 1;
+
+  await redis.script('FLUSH');
+  await assert.rejects(store.writeMany(new Map([['u', state]]), layout), (err: unknown) => {
+    assert.ok(err instanceof AffinityError);
+    assert.equal(err.code, 'REDIS_UNAVAILABLE');
+    assert.equal(err.retriable, true);
+    return true;
+  });
+  assert.deepEqual((await store.writeMany(new Map([['u', state]]), layout)).written, ['u']);
+  assert.equal((await store.load('u', layout)).revision, 2);
 });
