@@ -5,12 +5,11 @@
  * answer always comes before the flush report that covers it.
  */
 import { Worker } from 'node:worker_threads';
-import type { KafkaMessage } from 'kafkajs';
 import type { Config } from '../config/config.js';
 import { AffinityError } from '../errors.js';
 import type { Logger } from '../ops/logger.js';
 import type { WorkerMetrics } from '../ops/metrics.js';
-import type { EngineError, FromEngine, Position, Rejection, ToEngine } from './engine-link.js';
+import type { EngineError, EventColumns, FromEngine, Position, ToEngine } from './engine-link.js';
 import { applyMetricDelta, relayLogLine } from './engine-link.js';
 import type { EngineData } from './engine-thread.js';
 
@@ -53,27 +52,19 @@ export class EngineClient {
     return this.started;
   }
 
-  /** Hands a batch over; resolves with its rejected messages once it is applied. */
-  apply(partition: number, messages: readonly KafkaMessage[]): Promise<readonly Rejection[]> {
-    let total = 0;
-    for (const message of messages) total += message.value?.length ?? 0;
-    const values = new Uint8Array(total);
-    const ends = new Uint32Array(messages.length);
-    const nulls = new Uint8Array(messages.length);
-    const offsets = new Float64Array(messages.length);
-    let end = 0;
-    messages.forEach((message, i) => {
-      if (message.value === null) nulls[i] = 1;
-      else values.set(message.value, end);
-      end += message.value?.length ?? 0;
-      ends[i] = end;
-      offsets[i] = Number(message.offset);
-    });
-
+  /**
+   * Hands a batch's valid events over (their typed arrays are transferred: the caller must not
+   * use them again); resolves once they are applied.
+   */
+  apply(
+    partition: number,
+    nextOffset: string,
+    events: EventColumns,
+    transfer: ArrayBuffer[],
+  ): Promise<void> {
     const seq = this.nextSeq();
-    const buffers = [values.buffer, ends.buffer, nulls.buffer, offsets.buffer];
-    const batch = { kind: 'batch', seq, partition, values: values.buffer, ends, nulls, offsets };
-    return this.request(seq, batch as ToEngine, buffers) as Promise<readonly Rejection[]>;
+    const batch: ToEngine = { kind: 'batch', seq, partition, nextOffset, events };
+    return this.request(seq, batch, transfer) as Promise<void>;
   }
 
   /** Writes every applied state (and reports its positions first); `clear` then drops them. */
@@ -109,7 +100,7 @@ export class EngineClient {
     }
     applyMetricDelta(this.metrics, message.metrics);
     if (message.kind === 'ready') this.settle(0, null, undefined);
-    else if (message.kind === 'applied') this.settle(message.seq, null, message.rejections);
+    else if (message.kind === 'applied') this.settle(message.seq, null, undefined);
     else if (message.kind === 'reply') this.settle(message.seq, message.error, undefined);
     else if (message.kind === 'flushed') this.events.flushed(message.positions);
     else this.lost(engineError(message.error));

@@ -1,33 +1,43 @@
 /**
- * What the events worker's two threads say to each other. The main thread runs kafkajs (fetching
- * and decoding record batches, committing, dead-lettering); the engine thread
- * (workers/engine-thread.ts) decodes the events and runs the state path: apply, flush, the dual
- * solves. Each side works while the other does, which is where the split pays: kafkajs' fetch
- * and record decoding no longer wait for the apply, nor the apply for them.
+ * What the events worker's two threads say to each other. The main thread runs kafkajs
+ * (fetching and decoding record batches), decodes and validates the events, dead-letters the bad
+ * ones and commits; the engine thread (workers/engine-thread.ts) runs the state path: apply,
+ * flush, the dual solves. Each side works while the other does, which is where the split pays:
+ * the fetches and the JSON no longer wait for the apply, nor the apply for them.
  *
- * A batch crosses as one transferred buffer of the message values, their ends and offsets: no
- * per-message object is cloned. The engine answers each batch once it is applied (with the
- * rejected messages, which the main thread dead-letters, since it holds the originals), and
- * reports each confirmed flush with the Kafka positions it covers, which the main thread then
- * commits. Metrics and log lines recorded on the engine ride along with its messages and are
- * replayed on the main thread's registry and logger, so /metrics and the logs look as they
- * would with one thread.
+ * A batch's valid events cross as columns (engine-link's EventColumns): two arrays of strings
+ * and a few typed arrays, transferred, rather than thousands of small objects to clone. The
+ * engine answers each batch once it is applied, and reports each confirmed flush with the Kafka
+ * positions it covers, which the main thread then commits. Metrics and log lines recorded on the
+ * engine ride along with its messages and are replayed on the main thread's registry and
+ * logger, so /metrics and the logs look as they would with one thread.
  */
 import type { Logger } from '../ops/logger.js';
 import type { CounterLike, HistogramLike, StateMetrics, WorkerMetrics } from '../ops/metrics.js';
 import { STATE_COUNTERS, STATE_HISTOGRAMS } from '../ops/metrics.js';
-import type { RejectReason } from '../stream/decode.js';
+import type { InteractionEvent } from '../events/types.js';
+import type { SequencedEvent } from '../state/user-state.js';
+
+/** A batch's valid events, field by field; `types` index the configured signal types. */
+export interface EventColumns {
+  readonly users: readonly string[];
+  readonly items: readonly string[];
+  readonly ts: Float64Array;
+  readonly types: Uint16Array;
+  /** NaN where the event has no value. */
+  readonly values: Float64Array;
+  /** Null when no event of the batch has an id. */
+  readonly ids: readonly (string | null)[] | null;
+  readonly offsets: Float64Array;
+}
 
 export interface BatchMessage {
   readonly kind: 'batch';
   readonly seq: number;
   readonly partition: number;
-  /** The values end to end; value i is bytes [ends[i - 1], ends[i]). */
-  readonly values: ArrayBuffer;
-  readonly ends: Uint32Array;
-  /** 1 where the message had no value (a tombstone). */
-  readonly nulls: Uint8Array;
-  readonly offsets: Float64Array;
+  /** The offset after the batch's last message, valid or not: where a commit may go. */
+  readonly nextOffset: string;
+  readonly events: EventColumns;
 }
 
 export interface FlushRequest {
@@ -44,19 +54,12 @@ export interface StopRequest {
 
 export type ToEngine = BatchMessage | FlushRequest | StopRequest;
 
-export type Rejection = readonly [index: number, reason: RejectReason, detail: string];
-
 /** Partition and the next offset to commit, as kafkajs takes it. */
 export type Position = readonly [partition: number, offset: string];
 
 export type FromEngine =
   | { readonly kind: 'ready'; readonly metrics: MetricDelta | null }
-  | {
-      readonly kind: 'applied';
-      readonly seq: number;
-      readonly rejections: readonly Rejection[];
-      readonly metrics: MetricDelta | null;
-    }
+  | { readonly kind: 'applied'; readonly seq: number; readonly metrics: MetricDelta | null }
   | {
       readonly kind: 'flushed';
       readonly positions: readonly Position[];
@@ -85,6 +88,90 @@ export function describeError(err: unknown): EngineError {
     ...(typeof code === 'string' ? { code } : {}),
     ...(err.stack === undefined ? {} : { stack: err.stack }),
   };
+}
+
+/** Builds a batch's columns, event by event, on the main thread. */
+export class ColumnsBuilder {
+  private readonly users: string[] = [];
+  private readonly items: string[] = [];
+  private readonly ts: Float64Array;
+  private readonly types: Uint16Array;
+  private readonly values: Float64Array;
+  private ids: (string | null)[] | null = null;
+  private readonly offsets: Float64Array;
+  private count = 0;
+
+  constructor(
+    capacity: number,
+    private readonly typeIndex: ReadonlyMap<string, number>,
+  ) {
+    this.ts = new Float64Array(capacity);
+    this.types = new Uint16Array(capacity);
+    this.values = new Float64Array(capacity);
+    this.offsets = new Float64Array(capacity);
+  }
+
+  add(event: InteractionEvent, offset: number): void {
+    const n = this.count++;
+    this.users.push(event.user);
+    this.items.push(event.item);
+    this.ts[n] = event.ts;
+    this.types[n] = this.typeIndex.get(event.type)!;
+    this.values[n] = event.value ?? NaN;
+    if (event.id !== undefined) {
+      this.ids ??= new Array<string | null>(n).fill(null);
+      this.ids[n] = event.id;
+    } else if (this.ids) this.ids.push(null);
+    this.offsets[n] = offset;
+  }
+
+  /** The columns and the buffers to transfer with them. */
+  build(): { columns: EventColumns; transfer: ArrayBuffer[] } {
+    const n = this.count;
+    const ts = this.ts.slice(0, n);
+    const types = this.types.slice(0, n);
+    const values = this.values.slice(0, n);
+    const offsets = this.offsets.slice(0, n);
+    const columns = { users: this.users, items: this.items, ts, types, values, offsets };
+    const transfer = [ts.buffer, types.buffer, values.buffer, offsets.buffer];
+    return { columns: { ...columns, ids: this.ids }, transfer };
+  }
+}
+
+/** The engine's side: the events again, in their order, with their positions. */
+export function eventsOfColumns(
+  columns: EventColumns,
+  partition: number,
+  typeNames: readonly string[],
+): SequencedEvent[] {
+  const events: SequencedEvent[] = new Array<SequencedEvent>(columns.users.length);
+  for (let i = 0; i < events.length; i++) {
+    const user = columns.users[i]!;
+    const item = columns.items[i]!;
+    const ts = columns.ts[i]!;
+    const type = typeNames[columns.types[i]!]!;
+    const value = columns.values[i]!;
+    const id = columns.ids?.[i] ?? null;
+    events[i] = {
+      event: eventOf(user, item, ts, type, Number.isNaN(value) ? undefined : value, id),
+      position: { partition, offset: columns.offsets[i]! },
+    };
+  }
+  return events;
+}
+
+/** The same four shapes decodeEvent makes, so that both give the very same events. */
+function eventOf(
+  user: string,
+  item: string,
+  ts: number,
+  type: string,
+  value: number | undefined,
+  id: string | null,
+): InteractionEvent {
+  if (id === null)
+    return value === undefined ? { user, item, ts, type } : { user, item, ts, type, value };
+  return value === undefined ? { user, item, ts, type, id } : { user, item, ts, type, value, id };
 }
 
 type CounterName = (typeof STATE_COUNTERS)[number];

@@ -1,6 +1,6 @@
 /**
- * The events worker's engine thread (see workers/engine-link.ts for the split): it decodes the
- * batches the main thread hands over, applies them to the held user states, flushes them to
+ * The events worker's engine thread (see workers/engine-link.ts for the split): it applies the
+ * batches of decoded events the main thread hands over to the held user states, flushes them to
  * Redis, and reports each confirmed flush with the Kafka positions it covers. Batches are
  * applied one at a time in the order they came; a flush is sent between two batches and
  * confirmed while the next ones are applied, exactly as the single-threaded worker did.
@@ -21,10 +21,8 @@ import { EmbeddingCache } from '../items/cache.js';
 import { ItemStore } from '../items/store.js';
 import type { Logger } from '../ops/logger.js';
 import { UserStateStore } from '../state/store.js';
-import type { SequencedEvent } from '../state/user-state.js';
-import { decodeEvent } from '../stream/decode.js';
-import type { BatchMessage, FlushRequest, FromEngine, Rejection, ToEngine } from './engine-link.js';
-import { MetricRecorder, describeError } from './engine-link.js';
+import type { BatchMessage, FlushRequest, FromEngine, ToEngine } from './engine-link.js';
+import { MetricRecorder, describeError, eventsOfColumns } from './engine-link.js';
 import { StateBuffer } from './state-buffer.js';
 
 export interface EngineData {
@@ -49,12 +47,15 @@ class Engine {
   private flushTimer: NodeJS.Timeout | null = null;
   private stopping = false;
   private failed = false;
+  /** The configured event types, in the order the main thread numbers them. */
+  private readonly typeNames: readonly string[];
 
   constructor(
     private readonly config: Config,
     logLevel: string,
     private readonly send: (message: FromEngine) => void,
   ) {
+    this.typeNames = [...config.signals.keys()];
     this.logger = pino({ level: logLevel, base: null }, { write: (line) => this.log(line) });
     this.redis = new Redis(config.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 3 });
     this.writer = new Redis(config.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 3 });
@@ -94,11 +95,10 @@ class Engine {
   }
 
   private async applyBatch(batch: BatchMessage): Promise<void> {
-    const { events, rejections } = decodeBatch(batch, this.config);
+    const events = eventsOfColumns(batch.events, batch.partition, this.typeNames);
     await this.retrying(() => this.buffer.apply(events));
-    const last = batch.offsets[batch.offsets.length - 1]!;
-    this.positions.set(batch.partition, String(last + 1));
-    this.send({ kind: 'applied', seq: batch.seq, rejections, metrics: this.recorder.take() });
+    this.positions.set(batch.partition, batch.nextOffset);
+    this.send({ kind: 'applied', seq: batch.seq, metrics: this.recorder.take() });
     await this.flushIfDue();
   }
 
@@ -204,28 +204,6 @@ class Engine {
 function isPassing(err: unknown): boolean {
   if (err instanceof AffinityError) return err.retriable;
   return !(err instanceof TypeError || err instanceof RangeError || err instanceof SyntaxError);
-}
-
-function decodeBatch(
-  batch: BatchMessage,
-  config: Config,
-): { events: SequencedEvent[]; rejections: Rejection[] } {
-  const nowMs = Date.now();
-  const bytes = Buffer.from(batch.values);
-  const events: SequencedEvent[] = [];
-  const rejections: Rejection[] = [];
-  let start = 0;
-  for (let i = 0; i < batch.offsets.length; i++) {
-    const end = batch.ends[i]!;
-    const value = batch.nulls[i] === 1 ? null : bytes.subarray(start, end);
-    start = end;
-    const result = decodeEvent(value, nowMs, config);
-    if (result.ok) {
-      const position = { partition: batch.partition, offset: batch.offsets[i]! };
-      events.push({ event: result.event, position });
-    } else rejections.push([i, result.reason, result.detail]);
-  }
-  return { events, rejections };
 }
 
 async function main(): Promise<void> {

@@ -3,9 +3,10 @@
  * the Redis catalogue (its own consumer group, so one member applies each change) and turns the
  * `interactions` topic into user states, batch by batch:
  *
- *   main thread: fetch (kafkajs) → hand the batch to the engine → fetch the next
- *   engine thread: decode → apply to the held states (StateBuffer) → flush → report positions
- *   main thread: dead-letter the batch's bad messages → commit the reported positions.
+ *   main thread: fetch (kafkajs) → decode → dead-letter the bad ones → hand the valid events
+ *                to the engine → fetch the next
+ *   engine thread: apply to the held states (StateBuffer) → flush → report positions
+ *   main thread: commit the reported positions.
  *
  * Offsets are committed only after Redis acknowledged the write, and after the dead letters of
  * every batch they cover were sent; every state carries the offsets it reflects, so a crash
@@ -26,7 +27,9 @@ import type { WorkerMetrics } from '../ops/metrics.js';
 import type { DeadLetter } from '../stream/kafka.js';
 import { DeadLetterSink, createKafka, ensureTopics } from '../stream/kafka.js';
 import { EngineClient } from './engine-client.js';
-import type { Position, Rejection } from './engine-link.js';
+import type { Position } from './engine-link.js';
+import { ColumnsBuilder } from './engine-link.js';
+import { decodeEvent } from '../stream/decode.js';
 
 const CATALOGUE_WAIT_MS = 1_000;
 /**
@@ -53,6 +56,8 @@ export class AffinityWorker {
   private commits: Promise<unknown> = Promise.resolve();
   private readonly deadLetters: DeadLetterSink;
   private catalogueSeen = false;
+  /** Each configured event type's number in the columns handed to the engine. */
+  private readonly typeIndex: ReadonlyMap<string, number>;
   private engineUp = false;
   private joined = false;
   private closing: Promise<void> | null = null;
@@ -85,6 +90,7 @@ export class AffinityWorker {
       groupId: `${config.groupId}-items`,
     });
     this.itemStore = new ItemStore(this.redis, { prefix: config.keyPrefix });
+    this.typeIndex = new Map([...config.signals.keys()].map((type, i) => [type, i]));
     this.engine = new EngineClient(config, logger, metrics, {
       flushed: (positions) => this.commitFlushed(positions),
       failed: (error) => {
@@ -182,9 +188,10 @@ export class AffinityWorker {
   }
 
   /**
-   * Hands the batch to the engine and resolves its offsets at once, so that kafkajs fetches the
-   * next batch while the engine applies this one. Resolving only moves this consumer's fetch
-   * position: the committed offsets follow the engine's confirmed flushes.
+   * Decodes the batch, dead-letters its bad messages, hands the valid events to the engine and
+   * resolves the batch's offsets at once, so that kafkajs fetches the next batch while the
+   * engine applies this one. Resolving only moves this consumer's fetch position: the committed
+   * offsets follow the engine's confirmed flushes (and the dead letters sent before them).
    */
   private async handleEventsBatch(payload: EachBatchPayload): Promise<void> {
     const { batch } = payload;
@@ -194,13 +201,16 @@ export class AffinityWorker {
     await this.waitForCatalogue(payload);
 
     const stopTimer = this.metrics.batchSeconds.startTimer();
-    const applied = this.engine.apply(batch.partition, batch.messages).then((rejections) => {
-      stopTimer();
-      this.deadLetter(payload, rejections);
-    });
+    const { columns, transfer, letters } = this.decodeBatch(payload);
+    this.deadLetter(letters);
+    const nextOffset = (BigInt(last.offset) + 1n).toString();
+    const applied = this.engine.apply(batch.partition, nextOffset, columns, transfer);
     // Handled where it is awaited (drainInFlight, close); this keeps a lost engine from also
     // surfacing as an unhandled rejection.
-    applied.catch(() => undefined);
+    applied.then(
+      () => stopTimer(),
+      () => undefined,
+    );
     this.inFlight.push(applied);
     payload.resolveOffset(last.offset);
 
@@ -208,6 +218,31 @@ export class AffinityWorker {
     await payload.heartbeat();
     const lag = Number(batch.offsetLag());
     this.metrics.consumerLag.set({ topic: batch.topic, partition: String(batch.partition) }, lag);
+  }
+
+  private decodeBatch(payload: EachBatchPayload) {
+    const { batch } = payload;
+    const nowMs = Date.now();
+    const builder = new ColumnsBuilder(batch.messages.length, this.typeIndex);
+    const letters: DeadLetter[] = [];
+    for (const message of batch.messages) {
+      const result = decodeEvent(message.value, nowMs, this.config);
+      if (result.ok) {
+        builder.add(result.event, Number(message.offset));
+        continue;
+      }
+      this.metrics.eventsDeadLettered.inc({ reason: result.reason });
+      letters.push({
+        key: message.key,
+        value: message.value,
+        reason: result.reason,
+        detail: result.detail,
+        sourceTopic: batch.topic,
+        partition: batch.partition,
+        offset: message.offset,
+      });
+    }
+    return { ...builder.build(), letters };
   }
 
   /** Waits until at most `max` batches are in flight, heartbeating while the engine works. */
@@ -224,23 +259,9 @@ export class AffinityWorker {
     }
   }
 
-  /** Sends the batch's rejected messages, in batch order, before any commit that covers them. */
-  private deadLetter(payload: EachBatchPayload, rejections: readonly Rejection[]): void {
-    if (rejections.length === 0) return;
-    const { batch } = payload;
-    const letters: DeadLetter[] = rejections.map(([index, reason, detail]) => {
-      const message = batch.messages[index]!;
-      this.metrics.eventsDeadLettered.inc({ reason });
-      return {
-        key: message.key,
-        value: message.value,
-        reason,
-        detail,
-        sourceTopic: batch.topic,
-        partition: batch.partition,
-        offset: message.offset,
-      };
-    });
+  /** Sends a batch's bad messages, in batch order, before any commit that covers them. */
+  private deadLetter(letters: readonly DeadLetter[]): void {
+    if (letters.length === 0) return;
     const sent = this.letterSends.then(() => this.deadLetters.send(letters));
     sent.catch((err: unknown) => this.fail('dead letters', err as Error));
     this.letterSends = sent;

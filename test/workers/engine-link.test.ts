@@ -1,6 +1,6 @@
 /**
  * The engine thread's metrics and log lines reach the main thread's registry and logger as if
- * they had been recorded there.
+ * they had been recorded there, and the events handed to it arrive as they were decoded.
  */
 import assert from 'node:assert/strict';
 import { Writable } from 'node:stream';
@@ -8,7 +8,14 @@ import { test } from 'node:test';
 import { pino } from 'pino';
 import type { StateMetrics } from '../../src/ops/metrics.js';
 import { WorkerMetrics, createRegistry } from '../../src/ops/metrics.js';
-import { MetricRecorder, applyMetricDelta, relayLogLine } from '../../src/workers/engine-link.js';
+import type { InteractionEvent } from '../../src/events/types.js';
+import {
+  ColumnsBuilder,
+  MetricRecorder,
+  applyMetricDelta,
+  eventsOfColumns,
+  relayLogLine,
+} from '../../src/workers/engine-link.js';
 
 test('recorded counters and observations replay as the same metric values', async () => {
   const direct = new WorkerMetrics(createRegistry(false));
@@ -77,4 +84,30 @@ test("a relayed log line keeps its level, message and fields, not the engine's o
   assert.deepEqual(relayed!['err'], err);
   assert.notEqual(relayed!['pid'], 7, "the main thread's own pid, not the engine's field");
   assert.equal(complaint!['msg'], 'engine thread wrote a log line that is not JSON');
+});
+
+test('events cross to the engine as columns and come back as the same events', () => {
+  const types = ['click', 'like', 'dislike'];
+  const typeIndex = new Map(types.map((type, i) => [type, i]));
+  const events: InteractionEvent[] = [
+    { user: 'u1', item: 'a', ts: 1_000, type: 'click' },
+    { user: 'ü2', item: 'b', ts: 2_000, type: 'like', value: 0.5 },
+    { user: 'u1', item: 'c', ts: 3_000, type: 'dislike', id: 'e-3' },
+    { user: 'u3', item: 'a', ts: 4_000, type: 'click', value: 0, id: 'e-4' },
+    { user: 'u3', item: 'd', ts: 5_000, type: 'like' },
+  ];
+  const builder = new ColumnsBuilder(10, typeIndex);
+  events.forEach((event, i) => builder.add(event, 100 + 2 * i));
+  const { columns, transfer } = builder.build();
+
+  assert.equal(transfer.length, 4);
+  const decoded = eventsOfColumns(structuredClone(columns), 7, types);
+  const expected = events.map((event, i) => ({
+    event,
+    position: { partition: 7, offset: 100 + 2 * i },
+  }));
+  assert.deepEqual(decoded, expected);
+  const withoutIds = new ColumnsBuilder(1, typeIndex);
+  withoutIds.add(events[0]!, 1);
+  assert.equal(withoutIds.build().columns.ids, null, 'no id column when no event has an id');
 });
