@@ -24,6 +24,7 @@
  */
 import type { Polarity } from '../events/types.js';
 import { decayFactor } from './decay.js';
+import type { RowArena } from './row-arena.js';
 
 export const POLARITIES: readonly Polarity[] = ['positive', 'negative'];
 
@@ -33,6 +34,8 @@ const SETTLE_BELOW = 2 ** -30;
 export interface AggregateLayout {
   readonly dim: number;
   readonly halfLivesMs: readonly number[];
+  /** Where the worker keeps the sums of the states it holds (row-arena.ts); none elsewhere. */
+  readonly arena?: RowArena | null;
 }
 
 export interface Aggregates {
@@ -59,9 +62,11 @@ export function slotCount(layout: AggregateLayout): number {
 
 export function emptyAggregates(layout: AggregateLayout): Aggregates {
   const slots = slotCount(layout);
+  const floats = slots * layout.dim;
+  const arena = layout.arena?.slotFloats === floats ? layout.arena : null;
   return {
     anchorMs: null,
-    sums: new Float32Array(slots * layout.dim),
+    sums: arena?.allocate() ?? new Float32Array(floats),
     scales: new Float64Array(slots).fill(1),
     weights: new Float64Array(slots),
   };
@@ -92,7 +97,8 @@ export function advanceAnchor(agg: Aggregates, layout: AggregateLayout, tsMs: nu
  * Adds one event's embedding with its weight, decayed from its own time to the anchor. The
  * caller advances the anchor first, so `tsMs` is never after it. The rows of one polarity are
  * adjacent; they are updated three per pass over the embedding, which at d = 384 is about a
- * third faster than one pass per row (V8 vectorises neither).
+ * third faster than one pass per row (V8 vectorises neither). Sums held in the layout's arena
+ * (the worker's) go to its SIMD kernel instead, which gives the same bits (row-arena.ts).
  */
 export function addToAggregates(
   agg: Aggregates,
@@ -111,10 +117,12 @@ export function addToAggregates(
     const w0 = addWeight(agg, layout, first + h, weight, ageMs);
     const w1 = addWeight(agg, layout, first + h + 1, weight, ageMs);
     const w2 = addWeight(agg, layout, first + h + 2, weight, ageMs);
+    if (layout.arena?.addRows(agg.sums, first + h, 3, embedding, w0, w1, w2)) continue;
     addThreeRows(agg.sums, (first + h) * layout.dim, layout.dim, w0, w1, w2, embedding);
   }
   for (; h < halfLives; h++) {
     const w = addWeight(agg, layout, first + h, weight, ageMs);
+    if (layout.arena?.addRows(agg.sums, first + h, 1, embedding, w)) continue;
     addRow(agg.sums, (first + h) * layout.dim, layout.dim, w, embedding);
   }
 }

@@ -72,7 +72,7 @@ export class EmbeddingCache {
   async lookup(items: Iterable<string>): Promise<Map<string, Float32Array>> {
     const found = new Map<string, Float32Array>();
     const missing: string[] = [];
-    for (const item of new Set(items)) {
+    for (const item of items instanceof Set ? (items as Set<string>) : new Set(items)) {
       const cached = this.entries.get(item);
       if (cached) found.set(item, cached);
       else missing.push(item);

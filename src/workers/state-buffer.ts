@@ -20,6 +20,8 @@ import { performance } from 'node:perf_hooks';
 import type { Config } from '../config/config.js';
 import { AffinityError } from '../errors.js';
 import type { AggregateLayout } from '../features/aggregate.js';
+import { slotCount } from '../features/aggregate.js';
+import { RowArena } from '../features/row-arena.js';
 import type { EmbeddingCache } from '../items/cache.js';
 import type { Logger } from '../ops/logger.js';
 import type { StateMetrics } from '../ops/metrics.js';
@@ -68,6 +70,8 @@ interface SentWrite {
 }
 
 const MAX_WRITE_ATTEMPTS = 5;
+/** At most this much WebAssembly memory for the held states' sums; states beyond it use arrays. */
+const MAX_ARENA_BYTES = 2 ** 30;
 /**
  * How often a batch whose users are all held reads the catalogue version anyway. The read is a
  * round trip the apply waits for, and while a flush is being stored it took 20 ms a batch on the
@@ -85,6 +89,8 @@ export class StateBuffer {
   private lastFlushBusyMs = 0;
   private lastCatalogueCheckMs = -Infinity;
   private layoutDim = -1;
+  /** The held states' sums (features/row-arena.ts), for the current dimension; null without. */
+  private arena: RowArena | null = null;
   /** Method 2's solver for the current catalogue Gramian (its eigenbasis is costly to build). */
   private dualSolver: DualSolver | null = null;
   /** Serialises every change to the held states: applies, sends, confirmations. */
@@ -140,7 +146,7 @@ export class StateBuffer {
   /** Drops every held state (after a rebalance, the partitions held may have moved). */
   clear(): Promise<void> {
     return this.locked(async () => {
-      this.entries.clear();
+      this.dropAll();
       this.dirtyUsers = 0;
     });
   }
@@ -320,8 +326,9 @@ export class StateBuffer {
         retriable: true,
       });
     }
-    this.entries.clear();
+    this.dropAll();
     this.layoutDim = dim;
+    this.arena = this.newArena(dim);
   }
 
   /** Re-reads the users whose write lost a race and applies their unconfirmed events again. */
@@ -334,6 +341,7 @@ export class StateBuffer {
     const context = this.updateContext(layout, embeddings);
 
     for (const [user, entry] of entries) {
+      this.arena?.release(entry.state.aggregates.sums);
       entry.state = this.decode(user, raw.get(user)!, layout);
       entry.applied = applyEvents(entry.state, entry.unconfirmed, context).applied;
       if (entry.dirty) this.dirtyUsers--;
@@ -406,6 +414,7 @@ export class StateBuffer {
       if (excess <= 0) return;
       if (entry.dirty || entry.unconfirmed.length > 0) continue;
       this.entries.delete(user);
+      this.arena?.release(entry.state.aggregates.sums);
       excess--;
     }
   }
@@ -430,6 +439,23 @@ export class StateBuffer {
     }
   }
 
+  /** Forgets every held state and gives their sums back to the arena. */
+  private dropAll(): void {
+    for (const entry of this.entries.values()) this.arena?.release(entry.state.aggregates.sums);
+    this.entries.clear();
+  }
+
+  /** Room for every state the buffer may hold: the cache's and a flush's worth of changed ones. */
+  private newArena(dim: number): RowArena | null {
+    if (dim <= 0) return null;
+    const slotFloats = slotCount({ dim, halfLivesMs: this.config.halfLivesMs }) * dim;
+    const slots = Math.min(
+      this.config.stateCacheUsers + this.config.flushMaxUsers,
+      Math.floor(MAX_ARENA_BYTES / (4 * slotFloats)),
+    );
+    return RowArena.create(dim, slotFloats, slots);
+  }
+
   private layout(): AggregateLayout {
     const meta = this.cache.meta;
     if (!meta) {
@@ -437,7 +463,7 @@ export class StateBuffer {
         retriable: true,
       });
     }
-    return { dim: meta.dim, halfLivesMs: this.config.halfLivesMs };
+    return { dim: meta.dim, halfLivesMs: this.config.halfLivesMs, arena: this.arena };
   }
 
   private updateContext(
