@@ -30,6 +30,8 @@ export class WorkerMetrics {
   readonly dualIterations: Histogram;
   readonly dualResidual: Histogram;
   readonly dualSolveSeconds: Histogram;
+  readonly batchRetries: Counter;
+  readonly flushFailures: Counter;
 
   constructor(readonly registry: Registry) {
     this.eventsConsumed = new Counter({
@@ -134,6 +136,16 @@ export class WorkerMetrics {
       'Wall time per dual solve',
       SOLVE_BUCKETS_S,
     );
+    this.batchRetries = counter(
+      registry,
+      'affinity_batch_retries_total',
+      'Batches tried again after a passing failure (Redis unreachable, no catalogue yet)',
+    );
+    this.flushFailures = counter(
+      registry,
+      'affinity_flush_failures_total',
+      'Flushes whose writes failed; their states go out with the next flush',
+    );
   }
 }
 
@@ -161,6 +173,8 @@ export interface StateMetrics {
   readonly cacheMisses: CounterLike;
   readonly dualSolves: CounterLike;
   readonly dualFailures: CounterLike;
+  readonly batchRetries: CounterLike;
+  readonly flushFailures: CounterLike;
   readonly freshnessSeconds: HistogramLike;
   readonly redisWriteSeconds: HistogramLike;
   readonly dualIterations: HistogramLike;
@@ -178,6 +192,8 @@ export const STATE_COUNTERS = [
   'cacheMisses',
   'dualSolves',
   'dualFailures',
+  'batchRetries',
+  'flushFailures',
 ] as const;
 
 export const STATE_HISTOGRAMS = [

@@ -103,7 +103,7 @@ export class EngineClient {
     else if (message.kind === 'applied') this.settle(message.seq, null, undefined);
     else if (message.kind === 'reply') this.settle(message.seq, message.error, undefined);
     else if (message.kind === 'flushed') this.events.flushed(message.positions);
-    else this.lost(engineError(message.error));
+    else if (message.kind === 'failed') this.lost(engineError(message.error));
   }
 
   private settle(seq: number, error: EngineError | null, value: unknown): void {
@@ -120,6 +120,8 @@ export class EngineClient {
     this.exited = true;
     for (const waiter of this.waiters.values()) waiter.reject(error);
     this.waiters.clear();
+    // A failed engine may still hold connections that retry forever: end it.
+    void this.thread.terminate();
     if (!this.stopping) this.events.failed(error);
   }
 }

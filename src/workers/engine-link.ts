@@ -12,6 +12,8 @@
  * engine ride along with its messages and are replayed on the main thread's registry and
  * logger, so /metrics and the logs look as they would with one thread.
  */
+import { AffinityError } from '../errors.js';
+import type { Redis } from 'ioredis';
 import type { Logger } from '../ops/logger.js';
 import type { CounterLike, HistogramLike, StateMetrics, WorkerMetrics } from '../ops/metrics.js';
 import { STATE_COUNTERS, STATE_HISTOGRAMS } from '../ops/metrics.js';
@@ -71,6 +73,7 @@ export type FromEngine =
       readonly error: EngineError | null;
       readonly metrics: MetricDelta | null;
     }
+  | { readonly kind: 'metrics'; readonly metrics: MetricDelta | null }
   | { readonly kind: 'log'; readonly line: string }
   | { readonly kind: 'failed'; readonly error: EngineError; readonly metrics: MetricDelta | null };
 
@@ -172,6 +175,40 @@ function eventOf(
   if (id === null)
     return value === undefined ? { user, item, ts, type } : { user, item, ts, type, value };
   return value === undefined ? { user, item, ts, type, id } : { user, item, ts, type, value, id };
+}
+
+/** Connection failures as Node reports them (`err.code`). */
+const CONNECTION_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ETIMEDOUT',
+  'EPIPE',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'EHOSTUNREACH',
+]);
+
+/** ioredis' errors for a connection that is down. */
+const CONNECTION_ERROR_NAMES = new Set(['MaxRetriesPerRequestError', 'AbortError']);
+
+/** Refusals a Redis server lifts by itself: out of memory, loading, busy script, failover. */
+const PASSING_REPLY = /^(OOM|LOADING|BUSY|TRYAGAIN|CLUSTERDOWN|MASTERDOWN|READONLY|NOREPLICAS)/;
+
+/**
+ * Whether a batch that failed with `err` should be tried again (workers/engine-thread.ts):
+ * Redis unreachable, or refusing commands for a while (PASSING_REPLY), or an AffinityError that
+ * says it is retriable (the catalogue not there yet, or changing under a flush). Anything else
+ * (a WRONGTYPE reply, a bug) is a fault that trying again would only repeat, and stops the
+ * worker.
+ */
+export function isPassing(err: unknown): boolean {
+  if (err instanceof AffinityError) return err.retriable;
+  if (!(err instanceof Error)) return false;
+  const code = (err as { code?: unknown }).code;
+  if (typeof code === 'string' && CONNECTION_CODES.has(code)) return true;
+  if (CONNECTION_ERROR_NAMES.has(err.name)) return true;
+  if (err.name === 'ReplyError') return PASSING_REPLY.test(err.message);
+  return /^(Connection is closed|Stream isn't writeable)/.test(err.message);
 }
 
 type CounterName = (typeof STATE_COUNTERS)[number];
@@ -302,4 +339,11 @@ function revivedError(serialised: Record<string, unknown>): Error {
     Object.defineProperty(error, 'constructor', { value: null, enumerable: false });
   }
   return error;
+}
+
+/** ioredis reports each failed (re)connection as an error event; without a listener, on stderr. */
+export function watchConnection(redis: Redis, connection: string, logger: Logger): void {
+  redis.on('error', (err: unknown) => {
+    logger.warn({ err, connection }, 'redis connection failed; reconnecting');
+  });
 }

@@ -16,13 +16,18 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import type { Config } from '../config/config.js';
-import { AffinityError } from '../errors.js';
 import { EmbeddingCache } from '../items/cache.js';
 import { ItemStore } from '../items/store.js';
 import type { Logger } from '../ops/logger.js';
 import { UserStateStore } from '../state/store.js';
 import type { BatchMessage, FlushRequest, FromEngine, ToEngine } from './engine-link.js';
-import { MetricRecorder, describeError, eventsOfColumns } from './engine-link.js';
+import {
+  MetricRecorder,
+  describeError,
+  eventsOfColumns,
+  isPassing,
+  watchConnection,
+} from './engine-link.js';
 import { StateBuffer } from './state-buffer.js';
 
 export interface EngineData {
@@ -30,6 +35,11 @@ export interface EngineData {
   readonly logLevel: string;
 }
 
+/**
+ * Metrics go to the main thread with every message; when none is sent for this long (a batch
+ * being retried through an outage), they go on their own.
+ */
+const METRICS_PUSH_MS = 1_000;
 const RETRY_FIRST_MS = 100;
 const RETRY_MAX_MS = 5_000;
 
@@ -45,6 +55,7 @@ class Engine {
   /** Serialises batches, requested flushes and the stop. */
   private exclusive: Promise<unknown> = Promise.resolve();
   private flushTimer: NodeJS.Timeout | null = null;
+  private metricsTimer: NodeJS.Timeout | null = null;
   private stopping = false;
   private failed = false;
   /** The configured event types, in the order the main thread numbers them. */
@@ -59,6 +70,8 @@ class Engine {
     this.logger = pino({ level: logLevel, base: null }, { write: (line) => this.log(line) });
     this.redis = new Redis(config.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 3 });
     this.writer = new Redis(config.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 3 });
+    watchConnection(this.redis, 'engine reads', this.logger);
+    watchConnection(this.writer, 'engine writes', this.logger);
     const itemStore = new ItemStore(this.redis, { prefix: config.keyPrefix });
     const metrics = this.recorder.metrics;
     const counters = {
@@ -84,6 +97,7 @@ class Engine {
     await Promise.all([this.redis.connect(), this.writer.connect()]);
     const tickMs = Math.max(10, Math.floor(this.config.flushIntervalMs / 2));
     this.flushTimer = setInterval(() => void this.flushOnTick(), tickMs);
+    this.metricsTimer = setInterval(() => this.pushMetrics(), METRICS_PUSH_MS);
     this.send({ kind: 'ready', metrics: this.recorder.take() });
   }
 
@@ -110,6 +124,7 @@ class Engine {
         return;
       } catch (err) {
         if (!isPassing(err) || this.stopping) throw err;
+        this.recorder.metrics.batchRetries.inc();
         this.logger.warn({ err, retryInMs: pauseMs }, 'batch not applied; trying it again');
         await delay(pauseMs);
       }
@@ -173,9 +188,19 @@ class Engine {
     this.send({ kind: 'reply', seq: request.seq, error, metrics: this.recorder.take() });
   }
 
+  private pushMetrics(): void {
+    const metrics = this.recorder.take();
+    if (metrics) this.send({ kind: 'metrics', metrics });
+  }
+
+  private stopTimers(): void {
+    if (this.flushTimer) clearInterval(this.flushTimer);
+    if (this.metricsTimer) clearInterval(this.metricsTimer);
+  }
+
   private async stop(seq: number): Promise<void> {
     this.stopping = true;
-    if (this.flushTimer) clearInterval(this.flushTimer);
+    this.stopTimers();
     let error = null;
     try {
       await Promise.all([this.redis.quit(), this.writer.quit()]);
@@ -188,22 +213,13 @@ class Engine {
 
   private fail(err: unknown): void {
     this.failed = true;
-    if (this.flushTimer) clearInterval(this.flushTimer);
+    this.stopTimers();
     this.send({ kind: 'failed', error: describeError(err), metrics: this.recorder.take() });
   }
 
   private log(line: string): void {
     this.send({ kind: 'log', line });
   }
-}
-
-/**
- * Errors worth waiting out: Redis unreachable or failing a command, a catalogue not there yet
- * or changing under a flush. A programming error or a refused state is not.
- */
-function isPassing(err: unknown): boolean {
-  if (err instanceof AffinityError) return err.retriable;
-  return !(err instanceof TypeError || err instanceof RangeError || err instanceof SyntaxError);
 }
 
 async function main(): Promise<void> {

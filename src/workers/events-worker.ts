@@ -28,7 +28,7 @@ import type { DeadLetter } from '../stream/kafka.js';
 import { DeadLetterSink, createKafka, ensureTopics } from '../stream/kafka.js';
 import { EngineClient } from './engine-client.js';
 import type { Position } from './engine-link.js';
-import { ColumnsBuilder } from './engine-link.js';
+import { ColumnsBuilder, watchConnection } from './engine-link.js';
 import { decodeEvent } from '../stream/decode.js';
 
 const CATALOGUE_WAIT_MS = 1_000;
@@ -74,6 +74,7 @@ export class AffinityWorker {
   ) {
     this.kafka = createKafka(config.kafkaBrokers, config.kafkaClientId, logger);
     this.redis = new Redis(config.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 3 });
+    watchConnection(this.redis, 'worker', logger);
     // The partitioner named, so kafkajs does not warn that its default changed in v2.
     this.producer = this.kafka.producer({
       allowAutoTopicCreation: false,

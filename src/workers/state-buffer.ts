@@ -224,6 +224,7 @@ export class StateBuffer {
       this.metrics.redisWriteSeconds.observe((performance.now() - sent.startedMs) / 1_000);
       return outcome;
     } catch (err) {
+      this.metrics.flushFailures.inc();
       await this.locked(async () => {
         for (const { entry } of sent.states.values()) this.markDirty(entry);
       });

@@ -8,12 +8,14 @@ import { test } from 'node:test';
 import { pino } from 'pino';
 import type { StateMetrics } from '../../src/ops/metrics.js';
 import { WorkerMetrics, createRegistry } from '../../src/ops/metrics.js';
+import { AffinityError } from '../../src/errors.js';
 import type { InteractionEvent } from '../../src/events/types.js';
 import {
   ColumnsBuilder,
   MetricRecorder,
   applyMetricDelta,
   eventsOfColumns,
+  isPassing,
   relayLogLine,
 } from '../../src/workers/engine-link.js';
 
@@ -110,4 +112,28 @@ test('events cross to the engine as columns and come back as the same events', (
   const withoutIds = new ColumnsBuilder(1, typeIndex);
   withoutIds.add(events[0]!, 1);
   assert.equal(withoutIds.build().columns.ids, null, 'no id column when no event has an id');
+});
+
+test('Redis outages and retriable errors are waited out; other faults are not', () => {
+  const named = (name: string, message: string) => Object.assign(new Error(message), { name });
+  const coded = (code: string) => Object.assign(new Error(`connect ${code}`), { code });
+  const passing = [
+    new AffinityError('REDIS_UNAVAILABLE', 'down', { retriable: true }),
+    new AffinityError('CATALOGUE_MISSING', 'none yet', { retriable: true }),
+    coded('ECONNREFUSED'),
+    coded('ECONNRESET'),
+    named('MaxRetriesPerRequestError', 'Reached the max retries per request limit'),
+    named('ReplyError', 'OOM command not allowed when used memory > maxmemory'),
+    named('ReplyError', 'LOADING Redis is loading the dataset in memory'),
+    new Error('Connection is closed.'),
+  ];
+  const failing = [
+    new AffinityError('STATE_CORRUPT', 'bad state'),
+    named('ReplyError', 'WRONGTYPE Operation against a key holding the wrong kind of value'),
+    new TypeError("Cannot read properties of undefined (reading 'x')"),
+    new Error('event type "x" is not configured'),
+    'not an error',
+  ];
+  for (const err of passing) assert.equal(isPassing(err), true, String(err));
+  for (const err of failing) assert.equal(isPassing(err), false, String(err));
 });
