@@ -2,9 +2,9 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { DEFAULT_SIGNALS_SPEC, parseSignals } from '../../src/events/types.js';
 import type { InteractionEvent } from '../../src/events/types.js';
-import { decodeUserState, encodeUserState } from '../../src/state/codec.js';
+import { decodeUserState, encodeUserState, entryJson } from '../../src/state/codec.js';
 import type { StateFields } from '../../src/state/codec.js';
-import type { SequencedEvent, UpdateContext } from '../../src/state/user-state.js';
+import type { HistoryEntry, SequencedEvent, UpdateContext } from '../../src/state/user-state.js';
 import { applyEvents, emptyUserState } from '../../src/state/user-state.js';
 
 const layout = { dim: 2, halfLivesMs: [3_600_000, 86_400_000] };
@@ -103,8 +103,9 @@ test('the Redis encoding round-trips every field', () => {
 });
 
 test('the encoded history is its JSON after every change, late events and trims included', () => {
-  // The encoder reuses entry texts between encodings (codec.ts); each step must still give
-  // exactly JSON.stringify of the history, for 0, 1, 2 and more entries.
+  // The encoder reuses the previous encoding's text (codec.ts): appending after a kept tail,
+  // or merging when an event lands inside it. Each step must still give exactly JSON.stringify
+  // of the history, for 0, 1, 2 and more entries, whole replacements and repeats included.
   const state = emptyUserState(layout);
   const historyOf = () => {
     const encoded = encodeUserState(state, layout);
@@ -119,10 +120,31 @@ test('the encoded history is its JSON after every change, late events and trims 
     [at(5, { item: 'late' })],
     [at(13, { id: 'x' }), at(14, { type: 'dislike' })],
     [at(1, { item: 'too-late' })],
+    [at(20, {}), at(21, {}), at(22, { item: 'ü' }), at(23, {}), at(24, {})],
+    [at(25, { item: 'next' })],
+    [],
+    [at(26, {}), at(19, { item: 'late-in-tail' })],
   ];
   for (const events of steps) {
     applyEvents(state, events, context(embeddings, 4));
     assert.equal(historyOf(), JSON.stringify(state.history));
+    assert.equal(historyOf(), JSON.stringify(state.history), 'encoding twice changes nothing');
   }
   assert.equal(state.history.length, 4, 'the history is trimmed to its bound');
+});
+
+test('a history entry encodes exactly as JSON.stringify gives it, whatever its shape', () => {
+  const entries: HistoryEntry[] = [
+    { item: 'i1', ts: 1_733_250_000_123, type: 'click' },
+    { item: 'i2', ts: 1_733_250_000_000, type: 'like', value: 0.25 },
+    { item: 'i3', ts: 1_733_250_000_001, type: 'skip', id: 'e-1' },
+    { item: 'i4', ts: 1_733_250_000_999, type: 'like', value: 3, id: 'e-2' },
+    { item: 'quote " back \\ ctrl \u0001 é 😀', ts: 1_733_250_000_000, type: 'ty"pe' },
+    { item: 'small', ts: 1_000, type: 'click' },
+    { item: 'fraction', ts: 1_733_250_000_000.5, type: 'click' },
+    { item: 'max', ts: Number.MAX_SAFE_INTEGER, type: 'click', value: 1e-7 },
+    { ts: 1_733_250_000_000, item: 'other order', type: 'click' } as HistoryEntry,
+    { item: 'id first', ts: 1_733_250_000_000, type: 'click', id: 'x', value: 1 },
+  ];
+  for (const entry of entries) assert.equal(entryJson(entry), JSON.stringify(entry));
 });
