@@ -1,10 +1,15 @@
+import assert from 'node:assert/strict';
 import type { TestContext } from 'node:test';
 import { Redis } from 'ioredis';
 import type { Config } from '../../src/config/config.js';
 import type { InteractionEvent } from '../../src/events/types.js';
+import type { AggregateLayout } from '../../src/features/aggregate.js';
 import { ItemStore } from '../../src/items/store.js';
 import { createLogger } from '../../src/ops/logger.js';
 import { WorkerMetrics, createRegistry } from '../../src/ops/metrics.js';
+import { UserStateStore } from '../../src/state/store.js';
+import type { SequencedEvent, UpdateContext } from '../../src/state/user-state.js';
+import { applyEvents, emptyUserState } from '../../src/state/user-state.js';
 import { AffinityWorker } from '../../src/workers/events-worker.js';
 import { defer } from './cleanup.js';
 import { REDIS_URL, seededRandom } from './services.js';
@@ -104,4 +109,42 @@ export async function startWorker(t: TestContext, config: Config): Promise<Affin
   defer(t, () => worker.close());
   await worker.start();
   return worker;
+}
+
+/**
+ * Asserts that each user's state in Redis is the one an uninterrupted worker would have written:
+ * the events (all on partition 0, at the offsets of their order) applied once each, in order.
+ * Exact: counts, history, the float32 sums and scales, and the applied offsets.
+ */
+export async function assertAppliedOnce(
+  redis: Redis,
+  config: Config,
+  users: readonly string[],
+  events: readonly InteractionEvent[],
+  items: ReadonlyMap<string, Float32Array>,
+): Promise<void> {
+  const dim = items.values().next().value!.length;
+  const layout: AggregateLayout = { dim, halfLivesMs: config.halfLivesMs };
+  const context: UpdateContext = {
+    signals: config.signals,
+    layout,
+    historyMaxEvents: config.historyMaxEvents,
+    pendingMaxEvents: config.pendingMaxEvents,
+    embedding: (item) => items.get(item),
+  };
+  const store = new UserStateStore(redis, { prefix: config.keyPrefix }, 0);
+  for (const user of users) {
+    const uninterrupted = emptyUserState(layout);
+    const own: SequencedEvent[] = [];
+    events.forEach((event, offset) => {
+      if (event.user === user) own.push({ event, position: { partition: 0, offset } });
+    });
+    applyEvents(uninterrupted, own, context);
+
+    const stored = await store.load(user, layout);
+    assert.equal(stored.eventCount, uninterrupted.eventCount, `${user}: event count`);
+    assert.deepEqual(stored.history, uninterrupted.history, `${user}: history`);
+    assert.deepEqual(stored.aggregates, uninterrupted.aggregates, `${user}: decayed sums`);
+    assert.deepEqual(stored.offsets, uninterrupted.offsets, `${user}: applied offsets`);
+  }
 }

@@ -12,12 +12,9 @@ import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import type { Message } from 'kafkajs';
 import { Redis } from 'ioredis';
-import type { AggregateLayout } from '../../src/features/aggregate.js';
-import { UserStateStore } from '../../src/state/store.js';
-import type { SequencedEvent, UpdateContext } from '../../src/state/user-state.js';
-import { applyEvents, emptyUserState } from '../../src/state/user-state.js';
 import { defer } from '../helpers/cleanup.js';
 import {
+  assertAppliedOnce,
   eventMessages,
   loadCatalogueIntoRedis,
   randomCatalogue,
@@ -106,27 +103,5 @@ test('a worker killed with SIGKILL mid-stream and restarted applies every event 
     'offsets committed on stop',
   );
 
-  const layout: AggregateLayout = { dim: DIM, halfLivesMs: config.halfLivesMs };
-  const context: UpdateContext = {
-    signals: config.signals,
-    layout,
-    historyMaxEvents: config.historyMaxEvents,
-    pendingMaxEvents: config.pendingMaxEvents,
-    embedding: (item) => items.get(item),
-  };
-  const store = new UserStateStore(redis, { prefix: config.keyPrefix }, 0);
-  for (const user of USERS) {
-    const uninterrupted = emptyUserState(layout);
-    const own: SequencedEvent[] = [];
-    events.forEach((event, offset) => {
-      if (event.user === user) own.push({ event, position: { partition: 0, offset } });
-    });
-    applyEvents(uninterrupted, own, context);
-
-    const stored = await store.load(user, layout);
-    assert.equal(stored.eventCount, uninterrupted.eventCount, `${user}: event count`);
-    assert.deepEqual(stored.history, uninterrupted.history, `${user}: history`);
-    assert.deepEqual(stored.aggregates, uninterrupted.aggregates, `${user}: decayed sums`);
-    assert.deepEqual(stored.offsets, uninterrupted.offsets, `${user}: applied offsets`);
-  }
+  await assertAppliedOnce(redis, config, USERS, events, items);
 });
