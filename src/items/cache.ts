@@ -71,17 +71,18 @@ export class EmbeddingCache {
    */
   async lookup(items: Iterable<string>): Promise<Map<string, Float32Array>> {
     const found = new Map<string, Float32Array>();
-    const missing: string[] = [];
-    for (const item of items instanceof Set ? (items as Set<string>) : new Set(items)) {
+    const missing = new Set<string>();
+    for (const item of items) {
+      if (found.has(item) || missing.has(item)) continue;
       const cached = this.entries.get(item);
       if (cached) found.set(item, cached);
-      else missing.push(item);
+      else missing.add(item);
     }
     this.counters.hit(found.size);
-    this.counters.miss(missing.length);
-    if (missing.length === 0 || !this.meta) return found;
+    this.counters.miss(missing.size);
+    if (missing.size === 0 || !this.meta) return found;
 
-    const fetched = await this.store.getMany(missing, this.meta.dim);
+    const fetched = await this.store.getMany([...missing], this.meta.dim);
     for (const [item, embedding] of fetched) {
       this.put(item, embedding);
       found.set(item, embedding);

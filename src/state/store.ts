@@ -4,7 +4,7 @@
  * zombie consumer that lost its partitions in a rebalance can therefore never overwrite a newer
  * state, and the state and its applied offsets always change together.
  *
- * The write goes in two steps pipelined together: HSET of the whole new state into a staging
+ * The write goes in two steps sent back to back (one socket write, see writeChunk): HSET of the whole new state into a staging
  * key of this writer's own, then a small Lua script that checks the revision of the live key
  * and RENAMEs the staging key over it (or deletes the staging key on a conflict). RENAME is
  * atomic and O(1), so readers see the old state or the new one, never a mix. Passing the 10 KB

@@ -116,10 +116,19 @@ function toEvent(
   type: string,
   value: number | undefined,
 ): InteractionEvent {
-  const user = raw['user'] as string;
-  const item = raw['item'] as string;
   const id = raw['id'] as string | undefined;
-  // Literals rather than spreads: one object per event, of one of four shapes.
+  return eventOf(raw['user'] as string, raw['item'] as string, ts, type, value, id);
+}
+
+/** An event of one of four shapes: literals rather than spreads, one object per event. */
+export function eventOf(
+  user: string,
+  item: string,
+  ts: number,
+  type: string,
+  value: number | undefined,
+  id: string | undefined,
+): InteractionEvent {
   if (id === undefined)
     return value === undefined ? { user, item, ts, type } : { user, item, ts, type, value };
   return value === undefined ? { user, item, ts, type, id } : { user, item, ts, type, value, id };

@@ -13,12 +13,12 @@
  * logger, so /metrics and the logs look as they would with one thread.
  */
 import { AffinityError } from '../errors.js';
-import type { Redis } from 'ioredis';
 import type { Logger } from '../ops/logger.js';
 import type { CounterLike, HistogramLike, StateMetrics, WorkerMetrics } from '../ops/metrics.js';
 import { STATE_COUNTERS, STATE_HISTOGRAMS } from '../ops/metrics.js';
 import type { InteractionEvent } from '../events/types.js';
 import type { SequencedEvent } from '../state/user-state.js';
+import { eventOf } from '../stream/decode.js';
 
 /** A batch's valid events, field by field; `types` index the configured signal types. */
 export interface EventColumns {
@@ -154,27 +154,14 @@ export function eventsOfColumns(
     const ts = columns.ts[i]!;
     const type = typeNames[columns.types[i]!]!;
     const value = columns.values[i]!;
-    const id = columns.ids?.[i] ?? null;
+    const id = columns.ids?.[i] ?? undefined;
     events[i] = {
+      // decodeEvent's own constructor, so both give the very same events.
       event: eventOf(user, item, ts, type, Number.isNaN(value) ? undefined : value, id),
       position: { partition, offset: columns.offsets[i]! },
     };
   }
   return events;
-}
-
-/** The same four shapes decodeEvent makes, so that both give the very same events. */
-function eventOf(
-  user: string,
-  item: string,
-  ts: number,
-  type: string,
-  value: number | undefined,
-  id: string | null,
-): InteractionEvent {
-  if (id === null)
-    return value === undefined ? { user, item, ts, type } : { user, item, ts, type, value };
-  return value === undefined ? { user, item, ts, type, id } : { user, item, ts, type, value, id };
 }
 
 /** Connection failures as Node reports them (`err.code`). */
@@ -339,11 +326,4 @@ function revivedError(serialised: Record<string, unknown>): Error {
     Object.defineProperty(error, 'constructor', { value: null, enumerable: false });
   }
   return error;
-}
-
-/** ioredis reports each failed (re)connection as an error event; without a listener, on stderr. */
-export function watchConnection(redis: Redis, connection: string, logger: Logger): void {
-  redis.on('error', (err: unknown) => {
-    logger.warn({ err, connection }, 'redis connection failed; reconnecting');
-  });
 }

@@ -13,21 +13,16 @@
  */
 import { setTimeout as delay } from 'node:timers/promises';
 import { parentPort, workerData } from 'node:worker_threads';
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import { pino } from 'pino';
 import type { Config } from '../config/config.js';
 import { EmbeddingCache } from '../items/cache.js';
 import { ItemStore } from '../items/store.js';
 import type { Logger } from '../ops/logger.js';
+import { workerRedis } from '../ops/redis.js';
 import { UserStateStore } from '../state/store.js';
 import type { BatchMessage, FlushRequest, FromEngine, ToEngine } from './engine-link.js';
-import {
-  MetricRecorder,
-  describeError,
-  eventsOfColumns,
-  isPassing,
-  watchConnection,
-} from './engine-link.js';
+import { MetricRecorder, describeError, eventsOfColumns, isPassing } from './engine-link.js';
 import { StateBuffer } from './state-buffer.js';
 
 export interface EngineData {
@@ -56,7 +51,6 @@ class Engine {
   private exclusive: Promise<unknown> = Promise.resolve();
   private flushTimer: NodeJS.Timeout | null = null;
   private metricsTimer: NodeJS.Timeout | null = null;
-  private stopping = false;
   private failed = false;
   /** The configured event types, in the order the main thread numbers them. */
   private readonly typeNames: readonly string[];
@@ -68,10 +62,8 @@ class Engine {
   ) {
     this.typeNames = [...config.signals.keys()];
     this.logger = pino({ level: logLevel, base: null }, { write: (line) => this.log(line) });
-    this.redis = new Redis(config.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 3 });
-    this.writer = new Redis(config.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 3 });
-    watchConnection(this.redis, 'engine reads', this.logger);
-    watchConnection(this.writer, 'engine writes', this.logger);
+    this.redis = workerRedis(config.redisUrl, 'engine reads', this.logger);
+    this.writer = workerRedis(config.redisUrl, 'engine writes', this.logger);
     const itemStore = new ItemStore(this.redis, { prefix: config.keyPrefix });
     const metrics = this.recorder.metrics;
     const counters = {
@@ -123,7 +115,7 @@ class Engine {
         await work();
         return;
       } catch (err) {
-        if (!isPassing(err) || this.stopping) throw err;
+        if (!isPassing(err)) throw err;
         this.recorder.metrics.batchRetries.inc();
         this.logger.warn({ err, retryInMs: pauseMs }, 'batch not applied; trying it again');
         await delay(pauseMs);
@@ -199,7 +191,6 @@ class Engine {
   }
 
   private async stop(seq: number): Promise<void> {
-    this.stopping = true;
     this.stopTimers();
     let error = null;
     try {

@@ -15,7 +15,7 @@
 import { setTimeout as delay } from 'node:timers/promises';
 import { Partitioners } from 'kafkajs';
 import type { Consumer, EachBatchPayload, Kafka, Producer } from 'kafkajs';
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import type { Config } from '../config/config.js';
 import { AffinityError } from '../errors.js';
 import { CatalogueError } from '../items/errors.js';
@@ -23,12 +23,13 @@ import type { ItemChange } from '../items/store.js';
 import { ItemStore } from '../items/store.js';
 import { parseEmbeddingValue, transformEmbedding } from '../items/transform.js';
 import type { Logger } from '../ops/logger.js';
+import { workerRedis } from '../ops/redis.js';
 import type { WorkerMetrics } from '../ops/metrics.js';
 import type { DeadLetter } from '../stream/kafka.js';
 import { DeadLetterSink, createKafka, ensureTopics } from '../stream/kafka.js';
 import { EngineClient } from './engine-client.js';
 import type { Position } from './engine-link.js';
-import { ColumnsBuilder, watchConnection } from './engine-link.js';
+import { ColumnsBuilder } from './engine-link.js';
 import { decodeEvent } from '../stream/decode.js';
 
 const CATALOGUE_WAIT_MS = 1_000;
@@ -73,8 +74,7 @@ export class AffinityWorker {
     private readonly metrics: WorkerMetrics,
   ) {
     this.kafka = createKafka(config.kafkaBrokers, config.kafkaClientId, logger);
-    this.redis = new Redis(config.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 3 });
-    watchConnection(this.redis, 'worker', logger);
+    this.redis = workerRedis(config.redisUrl, 'worker', logger);
     // The partitioner named, so kafkajs does not warn that its default changed in v2.
     this.producer = this.kafka.producer({
       allowAutoTopicCreation: false,

@@ -7,11 +7,9 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { createServer } from 'node:net';
-import type { AddressInfo } from 'node:net';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { checkNothingLeftBehind, configEnv, testConfig } from '../helpers/services.js';
+import { checkNothingLeftBehind, closedPort, configEnv, testConfig } from '../helpers/services.js';
 
 checkNothingLeftBehind();
 
@@ -49,17 +47,6 @@ async function runCli(
   clearTimeout(bound);
   assert.ok(!timedOut, `affinity ${args.join(' ')} still running after ${boundMs} ms`);
   return { code, stdout, stderr };
-}
-
-/** A port that was just free: nothing listens there, so a connection is refused at once. */
-async function closedPort(): Promise<number> {
-  const server = createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address() as AddressInfo;
-  server.close();
-  await once(server, 'close');
-  return port;
 }
 
 function jsonLines(text: string): Record<string, unknown>[] {

@@ -13,17 +13,7 @@ import { exactDual, refreshDual } from '../../src/state/dual-step.js';
 import { emptyUserState } from '../../src/state/user-state.js';
 import { errorSlack, referenceSolve, relativeError } from '../helpers/dual-reference.js';
 import type { Reference } from '../helpers/dual-reference.js';
-
-/** Mulberry32: a small seeded generator, uniform in [0, 1). */
-function mulberry32(seed: number): () => number {
-  let state = seed | 0;
-  return () => {
-    state = (state + 0x6d2b79f5) | 0;
-    let t = Math.imul(state ^ (state >>> 15), 1 | state);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4_294_967_296;
-  };
-}
+import { seededRandom } from '../helpers/services.js';
 
 interface Problem {
   readonly catalogue: Float32Array[];
@@ -134,7 +124,7 @@ function assertWithinTolerance(
 }
 
 function randomProblemsAgainstCholesky(kernels: 'webassembly' | 'javascript'): void {
-  const random = mulberry32(31);
+  const random = seededRandom(31);
   const settings = [
     { a0: 0.01, lambda: 0.1, nu: 0 },
     { a0: 0.1, lambda: 0.5, nu: 0.5 },
@@ -164,7 +154,7 @@ function randomProblemsAgainstCholesky(kernels: 'webassembly' | 'javascript'): v
 }
 
 test('the WebAssembly and JavaScript kernels agree to rounding', () => {
-  const random = mulberry32(45);
+  const random = seededRandom(45);
   for (const dim of [5, 37, 64]) {
     const problem = randomProblem(random, dim, 0, 200);
     const simd = DualSolver.create(problem.gramian, { kernels: 'webassembly' });
@@ -183,7 +173,7 @@ test('the WebAssembly and JavaScript kernels agree to rounding', () => {
 
 test('withOptions keeps the options it is not given', () => {
   // d = 40 and 10 events: fewer than d/2 rows, where 'auto' would decline the warm start.
-  const problem = randomProblem(mulberry32(46), 40, 10, 100);
+  const problem = randomProblem(seededRandom(46), 40, 10, 100);
   const p = params();
   const exact = solveDualExact(problem.gramian, 100, problem.terms, p);
   const always = DualSolver.create(problem.gramian, { warmStart: 'always' });
@@ -200,7 +190,7 @@ test('an ill-conditioned catalogue with a wide spectrum is solved within the tol
   // Coordinates scaled by 10^1.5 down to 10^-1.5 (G's eigenvalues span six orders of magnitude)
   // and a small lambda: kappa(A) 1e5 to 1e6, where a stop at relative residual = tolerance
   // leaves errors far above it. Larger kappa would let errorSlack's float64 term rival 1e-6.
-  const random = mulberry32(32);
+  const random = seededRandom(32);
   for (const [dim, lambda, tolerance] of [
     [12, 1e-2, 1e-6],
     [12, 1e-1, 1e-8],
@@ -222,7 +212,7 @@ test('an ill-conditioned catalogue with a wide spectrum is solved within the tol
 });
 
 test('a warm start from the exact solution converges in at most one iteration', () => {
-  const random = mulberry32(33);
+  const random = seededRandom(33);
 
   for (const dim of [8, 32, 100]) {
     const problem = randomProblem(random, dim, 50, 300);
@@ -239,7 +229,7 @@ test('a warm start from the exact solution converges in at most one iteration', 
 });
 
 test("with warmStart 'auto' a warm start is used only for more than d/2 history items", () => {
-  const random = mulberry32(34);
+  const random = seededRandom(34);
   const problem = randomProblem(random, 40, 0, 300);
   const solver = DualSolver.create(problem.gramian);
   const p = params({ tolerance: 1e-6 });
@@ -258,7 +248,7 @@ test("with warmStart 'auto' a warm start is used only for more than d/2 history 
 });
 
 test('an unusable warm start is ignored', () => {
-  const problem = randomProblem(mulberry32(35), 8, 10, 50);
+  const problem = randomProblem(seededRandom(35), 8, 10, 50);
   const solver = DualSolver.create(problem.gramian, { warmStart: 'always' });
   const p = params();
 
@@ -270,7 +260,7 @@ test('an unusable warm start is ignored', () => {
 });
 
 test('repeated events equal one event with summed confidence and weighted target', () => {
-  const random = mulberry32(36);
+  const random = seededRandom(36);
   const problem = randomProblem(random, 6, 0, 40);
   const [a, b] = [problem.catalogue[0]!, problem.catalogue[1]!];
   // nu = 1 with a large lambda, so counting events instead of distinct items would show.
@@ -293,7 +283,7 @@ test('repeated events equal one event with summed confidence and weighted target
 });
 
 test('an empty history, or one with all targets 0, gives the zero vector in 0 iterations', () => {
-  const problem = randomProblem(mulberry32(37), 8, 0, 20);
+  const problem = randomProblem(seededRandom(37), 8, 0, 20);
   const solver = DualSolver.create(problem.gramian);
   const e = problem.catalogue[0]!;
   const histories: DualTerm[][] = [
@@ -322,7 +312,7 @@ test('lambda = 0 with a catalogue that spans only part of the space still conver
   // d = 6, the catalogue spans the first 3 coordinates, the history the last 3 as well: with
   // lambda = 0, D = a0 Lambda is 0 on three eigenvectors, where the preconditioner falls back to
   // the diagonal of A~; A itself is regular because the history covers what G does not.
-  const random = mulberry32(38);
+  const random = seededRandom(38);
   const dim = 6;
   const catalogue = Array.from({ length: 20 }, () =>
     Float32Array.from({ length: dim }, (_, k) => (k < 3 ? 2 * random() - 1 : 0)),
@@ -350,7 +340,7 @@ test('lambda = 0 with a catalogue that spans only part of the space still conver
 });
 
 test('withGramian follows item changes exactly, as a solver built from scratch would', () => {
-  const random = mulberry32(39);
+  const random = seededRandom(39);
   const dim = 24;
   const problem = randomProblem(random, dim, 0, 200);
   const base = DualSolver.create(problem.gramian);
@@ -395,7 +385,7 @@ test('withGramian follows item changes exactly, as a solver built from scratch w
 });
 
 test('withGramian measures from the basis and re-decomposes past maxCorrectionRank', () => {
-  const random = mulberry32(40);
+  const random = seededRandom(40);
   const dim = 16;
   const problem = randomProblem(random, dim, 0, 100);
   const base = DualSolver.create(problem.gramian, { maxCorrectionRank: 4 });
@@ -436,7 +426,7 @@ test('withGramian copes with a catalogue that shrinks to part of the space', () 
   // D there, which costs iterations but not accuracy. The history keeps an item pointing a
   // little along that axis, so A's smallest eigenvalue, about lambda_u, lies there: a stop that
   // took min D (about 2 here) for lambda_min(A) would end far too early.
-  const random = mulberry32(41);
+  const random = seededRandom(41);
   const dim = 48;
   const kept = Array.from({ length: 300 }, () =>
     Float32Array.from({ length: dim }, (_, k) => (k < dim - 1 ? 2 * random() - 1 : 0)),
@@ -481,7 +471,7 @@ test('withGramian copes with a catalogue that shrinks to part of the space', () 
 });
 
 test('a changed embedding is rotated again, an equal one in a new array is not', () => {
-  const random = mulberry32(42);
+  const random = seededRandom(42);
   const dim = 10;
   const problem = randomProblem(random, dim, 0, 50);
   const solver = DualSolver.create(problem.gramian);
@@ -512,7 +502,7 @@ test('a changed embedding is rotated again, an equal one in a new array is not',
 });
 
 test('invalidate drops a rotation whose embedding array was modified in place', () => {
-  const random = mulberry32(43);
+  const random = seededRandom(43);
   const dim = 10;
   const problem = randomProblem(random, dim, 0, 50);
   const solver = DualSolver.create(problem.gramian);
@@ -534,7 +524,7 @@ test('invalidate drops a rotation whose embedding array was modified in place', 
 });
 
 test('the rotation cache stays within rotationCacheItems, and 0 disables it', () => {
-  const random = mulberry32(44);
+  const random = seededRandom(44);
   const problem = randomProblem(random, 8, 0, 100);
   const p = params({ tolerance: 1e-10 });
   const bounded = DualSolver.create(problem.gramian, { rotationCacheItems: 5 });
@@ -596,7 +586,7 @@ test('invalid input is rejected with a RangeError', () => {
 });
 
 test('refreshDual with a solver stores the solution exactDual computes', () => {
-  const random = mulberry32(47);
+  const random = seededRandom(47);
   const dim = 12;
   const problem = randomProblem(random, dim, 0, 80);
   const items = new Map(problem.catalogue.map((embedding, k) => [`item-${k}`, embedding]));

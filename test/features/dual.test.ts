@@ -14,17 +14,7 @@ import type { DualParams, DualTerm } from '../../src/features/dual.js';
 import { computeGramian } from '../../src/features/gramian.js';
 import type { Gramian } from '../../src/features/gramian.js';
 import { errorSlack, referenceSolve, relativeError } from '../helpers/dual-reference.js';
-
-/** Mulberry32: a small seeded generator, uniform in [0, 1). */
-function mulberry32(seed: number): () => number {
-  let state = seed | 0;
-  return () => {
-    state = (state + 0x6d2b79f5) | 0;
-    let t = Math.imul(state ^ (state >>> 15), 1 | state);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4_294_967_296;
-  };
-}
+import { seededRandom } from '../helpers/services.js';
 
 interface Problem {
   readonly catalogue: Float32Array[];
@@ -129,7 +119,7 @@ test('lambdaForUser is lambda * (|H| + a0 |I|)^nu', () => {
 });
 
 test('CG is within the configured tolerance of the exact solution on random problems', () => {
-  const random = mulberry32(11);
+  const random = seededRandom(11);
   const settings = [
     { a0: 0.01, lambda: 0.1, nu: 0 },
     { a0: 0.1, lambda: 0.5, nu: 0.5 },
@@ -160,7 +150,7 @@ test('CG is within the configured tolerance on ill-conditioned problems', () => 
   // 2e6, where a stop at relative residual = tolerance leaves errors far above the tolerance.
   // (Beyond about 1e6 the float64 rounding of reference and iteration, errorSlack, would rival
   // a 1e-6 tolerance and the comparison would prove little.)
-  const random = mulberry32(21);
+  const random = seededRandom(21);
   for (const [dim, lambda, tolerance] of [
     [12, 1e-2, 1e-6],
     [12, 1e-1, 1e-8],
@@ -225,7 +215,7 @@ function assertWithinTolerance(
 }
 
 test('all three solvers match Cramer’s rule on random 2-dimensional problems', () => {
-  const random = mulberry32(12);
+  const random = seededRandom(12);
 
   for (let trial = 0; trial < 20; trial++) {
     const problem = randomProblem(random, 2, 1 + Math.floor(random() * 6), 5);
@@ -249,7 +239,7 @@ test('all three solvers match Cramer’s rule on random 2-dimensional problems',
 });
 
 test('all three solvers match the adjugate formula on random 3-dimensional problems', () => {
-  const random = mulberry32(13);
+  const random = seededRandom(13);
 
   for (let trial = 0; trial < 20; trial++) {
     const problem = randomProblem(random, 3, 1 + Math.floor(random() * 8), 6);
@@ -301,7 +291,7 @@ test('a 3-dimensional problem worked by hand', () => {
 });
 
 test('a warm start from the exact solution converges in at most one iteration', () => {
-  const random = mulberry32(14);
+  const random = seededRandom(14);
 
   for (const dim of [8, 32, 100]) {
     const problem = randomProblem(random, dim, 50, 300);
@@ -320,7 +310,7 @@ test('a warm start whose error hides along the softest direction is not accepted
   // Off u* by 100 times the tolerance along A's eigenvector of lambda_min: its residual is
   // lambda_min(A) times its error, small, and only a true lower bound on lambda_min keeps the
   // stop from taking it.
-  const random = mulberry32(22);
+  const random = seededRandom(22);
   for (const dim of [8, 32]) {
     const problem = wideSpectrumProblem(random, dim, 20, 300);
     const p = params({ a0: 0.1, lambda: 0.01, nu: 0, tolerance: 1e-4, maxIterations: 10_000 });
@@ -339,7 +329,7 @@ test('a warm start whose error hides along the softest direction is not accepted
 });
 
 test('a warm start of the wrong dimension is ignored', () => {
-  const problem = randomProblem(mulberry32(15), 8, 10, 50);
+  const problem = randomProblem(seededRandom(15), 8, 10, 50);
   const p = params();
 
   const cold = solveDualCg(problem.gramian, 50, problem.terms, p);
@@ -349,7 +339,7 @@ test('a warm start of the wrong dimension is ignored', () => {
 });
 
 test('repeated events equal one event with summed confidence and weighted target', () => {
-  const random = mulberry32(16);
+  const random = seededRandom(16);
   const problem = randomProblem(random, 6, 0, 40);
   const [a, b] = [problem.catalogue[0]!, problem.catalogue[1]!];
   // nu = 1 with a large lambda: counting events instead of distinct items in |H| would move
@@ -400,7 +390,7 @@ test('aggregateHistory merges per item and drops items with zero total confidenc
 });
 
 test('an empty history gives the zero vector in 0 iterations', () => {
-  const problem = randomProblem(mulberry32(17), 8, 0, 20);
+  const problem = randomProblem(seededRandom(17), 8, 0, 20);
   const p = params();
   const zeroConfidence: DualTerm[] = [
     { itemId: 'x', embedding: problem.catalogue[0]!, confidence: 0, target: 1 },
@@ -425,7 +415,7 @@ test('an empty history gives the zero vector in 0 iterations', () => {
 });
 
 test('the Jacobi preconditioner reaches the same solution', () => {
-  const problem = randomProblem(mulberry32(18), 32, 80, 300);
+  const problem = randomProblem(seededRandom(18), 32, 80, 300);
   const p = params({ tolerance: 1e-8 });
 
   const exact = solveDualExact(problem.gramian, 300, problem.terms, p);
@@ -453,7 +443,7 @@ test('a singular system is reported by the exact path', () => {
 test('a rank-deficient system whose pivots round to small positive values is reported too', () => {
   // Fewer items than dimensions with lambda = 0: A is singular, but rounding usually leaves the
   // last Cholesky pivot small and positive rather than 0, so ml-matrix alone accepts it.
-  const random = mulberry32(19);
+  const random = seededRandom(19);
 
   for (const [dim, items] of [
     [3, 2],
@@ -474,7 +464,7 @@ test('a rank-deficient system whose pivots round to small positive values is rep
 test('an ill-conditioned but regular system is solved', () => {
   // The same rank-deficient catalogue with lambda = 1e-6: kappa(A) about 1e6 to 1e8, well below
   // the 4.5e11 limit, so the exact path must solve it and agree with the definition.
-  const problem = randomProblem(mulberry32(20), 8, 5, 5);
+  const problem = randomProblem(seededRandom(20), 8, 5, 5);
   const p = params({ lambda: 1e-6, nu: 0 });
   const { matrix, rhs } = systemByDefinition(problem, p);
 

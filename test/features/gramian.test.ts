@@ -12,17 +12,7 @@ import {
   replaceItem,
 } from '../../src/features/gramian.js';
 import type { Gramian } from '../../src/features/gramian.js';
-
-/** Mulberry32: a small seeded generator, uniform in [0, 1). */
-function mulberry32(seed: number): () => number {
-  let state = seed | 0;
-  return () => {
-    state = (state + 0x6d2b79f5) | 0;
-    let t = Math.imul(state ^ (state >>> 15), 1 | state);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4_294_967_296;
-  };
-}
+import { seededRandom } from '../helpers/services.js';
 
 function randomEmbedding(dim: number, random: () => number): Float32Array {
   return Float32Array.from({ length: dim }, () => 2 * random() - 1);
@@ -59,7 +49,7 @@ function assertSymmetric(gramian: Gramian): void {
 }
 
 test('computeGramian matches the definition and counts the vectors', () => {
-  const random = mulberry32(1);
+  const random = seededRandom(1);
   const dim = 7;
   const vectors = Array.from({ length: 40 }, () => randomEmbedding(dim, random));
 
@@ -73,7 +63,7 @@ test('computeGramian matches the definition and counts the vectors', () => {
 });
 
 test('computeGramian equals adding the same vectors in order with addRankOne, bit for bit', () => {
-  const random = mulberry32(2);
+  const random = seededRandom(2);
   const dim = 9;
   const vectors = Array.from({ length: 25 }, () => randomEmbedding(dim, random));
   const incremental = createGramian(dim);
@@ -86,7 +76,7 @@ test('computeGramian equals adding the same vectors in order with addRankOne, bi
 });
 
 test('adds, changes and removes through replaceItem agree with a full recomputation', () => {
-  const random = mulberry32(3);
+  const random = seededRandom(3);
   const dim = 16;
   const catalogue = new Map<string, Float32Array>();
   const gramian = createGramian(dim);
@@ -144,7 +134,7 @@ test('encodeGramian writes the documented little-endian layout', () => {
 });
 
 test('encode then decode round-trips exactly', () => {
-  const random = mulberry32(4);
+  const random = seededRandom(4);
   const dim = 12;
   const gramian = computeGramian(
     Array.from({ length: 30 }, () => randomEmbedding(dim, random)),

@@ -10,20 +10,13 @@ import { DEFAULT_SIGNALS_SPEC, parseSignals } from '../../src/events/types.js';
 import { RowArena } from '../../src/features/row-arena.js';
 import type { SequencedEvent, UpdateContext } from '../../src/state/user-state.js';
 import { applyEvents, emptyUserState } from '../../src/state/user-state.js';
+import { seededRandom } from '../helpers/services.js';
 
 const HOUR_MS = 3_600_000;
 const TYPES = ['click', 'like', 'purchase', 'dislike', 'skip'];
 
-function seeded(seed: number): () => number {
-  let state = seed;
-  return () => {
-    state = (state * 1_103_515_245 + 12_345) % 2_147_483_648;
-    return state / 2_147_483_648;
-  };
-}
-
 function scenario(dim: number, halfLives: number, seed: number) {
-  const random = seeded(seed);
+  const random = seededRandom(seed);
   const embeddings = new Map<string, Float32Array>();
   for (let i = 0; i < 20; i++) {
     embeddings.set(

@@ -4,6 +4,9 @@
  */
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
+import { once } from 'node:events';
+import { createServer } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { after } from 'node:test';
 import type { TestContext } from 'node:test';
 import { Kafka, logLevel } from 'kafkajs';
@@ -183,6 +186,17 @@ export async function appliedCount(
   for (const user of users) pipeline.hget(`${config.keyPrefix}u:{${user}}`, 'n');
   const replies = (await pipeline.exec()) ?? [];
   return replies.reduce((sum, [, value]) => sum + Number(value ?? 0), 0);
+}
+
+/** A port that was just free: nothing listens there, so a connection is refused at once. */
+export async function closedPort(): Promise<number> {
+  const server = createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address() as AddressInfo;
+  server.close();
+  await once(server, 'close');
+  return port;
 }
 
 /** Deterministic PRNG (mulberry32) so that a failing case can be replayed. */

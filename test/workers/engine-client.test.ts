@@ -4,26 +4,13 @@
  * and idle.
  */
 import assert from 'node:assert/strict';
-import { createServer } from 'node:net';
-import type { AddressInfo } from 'node:net';
-import { once } from 'node:events';
 import { test } from 'node:test';
 import { AffinityError } from '../../src/errors.js';
 import { createLogger } from '../../src/ops/logger.js';
 import { WorkerMetrics, createRegistry } from '../../src/ops/metrics.js';
 import { EngineClient } from '../../src/workers/engine-client.js';
 import { ColumnsBuilder } from '../../src/workers/engine-link.js';
-import { testConfig } from '../helpers/services.js';
-
-/** A port nothing listens on: bound once, then closed. */
-async function closedPort(): Promise<number> {
-  const server = createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address() as AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
+import { closedPort, testConfig } from '../helpers/services.js';
 
 test('an engine that cannot reach Redis fails its start and refuses batches', async () => {
   const port = await closedPort();
