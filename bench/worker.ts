@@ -14,6 +14,10 @@
  * its figure. The worker's line also says where its time went, from its own metrics.
  *
  * Usage: npm run bench:worker -- [--json] [--events=N] [--users=U] [--dim=D] [--runs=bare,m1,m12]
+ *   [--keep-topic | --topic=T]
+ * `--keep-topic` leaves the produced topic in place and prints its name; `--topic=T` then reads
+ * it again (give the same --events) instead of producing a new one, so that repeated
+ * measurements share their input and skip the production. Delete it with the Kafka tools.
  * Needs Kafka and Redis (npm run services:up). Prints figures; asserts nothing.
  */
 import { performance } from 'node:perf_hooks';
@@ -32,12 +36,17 @@ interface Options {
   events: number;
   users: number;
   dim: number;
+  /** An existing topic of `events` events from an earlier run, read instead of producing one. */
+  topic: string | null;
+  keepTopic: boolean;
 }
 
 interface RunFigures {
   eventsPerSecond: number;
   cpuMicrosecondsPerEvent: number;
   seconds: number;
+  /** Of those, until every event was read (the rest: the last flush, its wait and its write). */
+  readSeconds: number;
   /** Where a worker's time went, from its own metrics (absent for the bare consumer). */
   breakdown?: Breakdown;
 }
@@ -66,9 +75,11 @@ async function main(): Promise<void> {
     brokers: BROKERS.split(','),
     logLevel: logLevel.NOTHING,
   });
-  const topic = `${run}-events`;
-  log(options, `producing ${options.events} events to ${topic}`);
-  await produceEvents(kafka, topic, options);
+  const topic = options.topic ?? `${run}-events`;
+  if (options.topic === null) {
+    log(options, `producing ${options.events} events to ${topic}`);
+    await produceEvents(kafka, topic, options);
+  }
 
   try {
     const figures: Figures = { bare: null, method1: null, methods12: null };
@@ -80,10 +91,8 @@ async function main(): Promise<void> {
       figures.methods12 = await measureWorker(topic, options, `${run}-m12`, true);
     report(options, figures);
   } finally {
-    const admin = kafka.admin();
-    await admin.connect();
-    await admin.deleteTopics({ topics: [topic] }).catch(() => undefined);
-    await admin.disconnect();
+    if (options.topic === null && !options.keepTopic) await deleteTopic(kafka, topic);
+    if (options.keepTopic) log(options, `topic ${topic} kept`);
   }
 }
 
@@ -189,15 +198,22 @@ async function measure(
   const startedMs = performance.now();
   const startedCpu = process.cpuUsage();
   const startedAt = started();
-  while (done() < options.events) await tick();
+  let readSeconds = NaN;
+  while (done() < options.events) {
+    if (Number.isNaN(readSeconds) && started() >= options.events)
+      readSeconds = (performance.now() - startedMs) / 1_000;
+    await tick();
+  }
 
   const seconds = (performance.now() - startedMs) / 1_000;
+  if (Number.isNaN(readSeconds)) readSeconds = seconds;
   const cpu = process.cpuUsage(startedCpu);
   const measured = options.events - startedAt;
   return {
     eventsPerSecond: measured / seconds,
     cpuMicrosecondsPerEvent: (cpu.user + cpu.system) / measured,
     seconds,
+    readSeconds,
   };
 }
 
@@ -292,6 +308,13 @@ async function cleanup(config: Config): Promise<void> {
   await admin.disconnect();
 }
 
+async function deleteTopic(kafka: Kafka, topic: string): Promise<void> {
+  const admin = kafka.admin();
+  await admin.connect();
+  await admin.deleteTopics({ topics: [topic] }).catch(() => undefined);
+  await admin.disconnect();
+}
+
 async function deleteGroup(kafka: Kafka, groupId: string): Promise<void> {
   const admin = kafka.admin();
   await admin.connect();
@@ -324,7 +347,7 @@ function report(options: Options, figures: Figures): void {
     return;
   }
   console.log(`\nevents ${options.events}, users ${options.users}, dim ${options.dim}`);
-  console.log('run                       events/s   cpu µs/event   seconds');
+  console.log('run                       events/s   cpu µs/event   seconds   (all read at)');
   const rows = [
     ['bare kafkajs consumer', figures.bare],
     ['worker, method 1', figures.method1],
@@ -334,7 +357,9 @@ function report(options: Options, figures: Figures): void {
     if (!run) continue;
     const rate = run.eventsPerSecond.toFixed(0).padStart(11);
     const cpu = run.cpuMicrosecondsPerEvent.toFixed(1).padStart(12);
-    console.log(`${name.padEnd(22)} ${rate}   ${cpu}   ${run.seconds.toFixed(2).padStart(7)}`);
+    const seconds = run.seconds.toFixed(2).padStart(7);
+    const read = run.readSeconds.toFixed(2).padStart(7);
+    console.log(`${name.padEnd(22)} ${rate}   ${cpu}   ${seconds}   ${read}`);
     if (run.breakdown) console.log(`${''.padEnd(22)} ${describe(run.breakdown)}`);
   }
   if (ratio !== null) {
@@ -359,6 +384,8 @@ function parseOptions(args: readonly string[]): Options {
     events: 1_000_000,
     users: 5_000,
     dim: 384,
+    topic: null,
+    keepTopic: false,
   };
   for (const arg of args) {
     const [name, value] = arg.split('=');
@@ -367,9 +394,11 @@ function parseOptions(args: readonly string[]): Options {
     else if (name === '--users') options.users = Number(value);
     else if (name === '--dim') options.dim = Number(value);
     else if (name === '--runs') options.runs = new Set((value ?? '').split(','));
+    else if (name === '--topic') options.topic = value ?? null;
+    else if (name === '--keep-topic') options.keepTopic = true;
     else
       throw new Error(
-        `unknown argument ${arg}; expected --json, --events=N, --users=U, --dim=D, --runs=bare,m1,m12`,
+        `unknown argument ${arg}; expected --json, --events=N, --users=U, --dim=D, --runs=bare,m1,m12, --topic=T, --keep-topic`,
       );
   }
   return options;

@@ -5,5 +5,7 @@
  * result does not depend on the order in which events arrive.
  */
 export function decayFactor(ageMs: number, halfLifeMs: number): number {
+  // The common case in the worker (an event at the anchor), and exactly what Math.pow gives.
+  if (ageMs === 0) return 1;
   return Math.pow(2, -ageMs / halfLifeMs);
 }

@@ -70,6 +70,7 @@ export class EmbeddingCache {
    * in one round trip. The map is the caller's own: eviction cannot take an entry from it.
    */
   async lookup(items: Iterable<string>): Promise<Map<string, Float32Array>> {
+    this.evictExcess();
     const found = new Map<string, Float32Array>();
     const missing = new Set<string>();
     for (const item of items) {
@@ -90,12 +91,44 @@ export class EmbeddingCache {
     return found;
   }
 
-  private put(item: string, embedding: Float32Array): void {
-    if (this.maxItems === 0) return;
-    if (this.entries.size >= this.maxItems) {
-      const oldest = this.entries.keys().next().value;
-      if (oldest !== undefined) this.entries.delete(oldest);
+  /**
+   * The worker's look-up for one batch: `items` holds each event's item, repeats included. The
+   * ones not cached are fetched in one round trip; the returned function then answers for every
+   * item of the list, and stays valid until the next call of this method or of `lookup` (entries
+   * are evicted at the start of a call, never during one). Cheaper than `lookup` for a batch:
+   * one map probe per event, and no set or map of the batch's items to build. Hits count one per
+   * event found in process, misses one per distinct item fetched.
+   */
+  async resolver(items: readonly string[]): Promise<(item: string) => Float32Array | undefined> {
+    this.evictExcess();
+    let missing: Set<string> | null = null;
+    let hits = 0;
+    for (const item of items) {
+      if (this.entries.has(item)) hits++;
+      else (missing ??= new Set()).add(item);
     }
+    this.counters.hit(hits);
+    if (missing) this.counters.miss(missing.size);
+    if (!missing || !this.meta) return (item) => this.entries.get(item);
+
+    const fetched = await this.store.getMany([...missing], this.meta.dim);
+    for (const [item, embedding] of fetched) this.put(item, embedding, false);
+    return (item) => this.entries.get(item) ?? fetched.get(item);
+  }
+
+  private put(item: string, embedding: Float32Array, evict = true): void {
+    if (this.maxItems === 0) return;
+    if (evict) this.evictExcess(1);
     this.entries.set(item, embedding);
+  }
+
+  /** First in, first out, until `room` more entries fit. */
+  private evictExcess(room = 0): void {
+    let excess = this.entries.size + room - this.maxItems;
+    for (const oldest of this.entries.keys()) {
+      if (excess <= 0) return;
+      this.entries.delete(oldest);
+      excess--;
+    }
   }
 }

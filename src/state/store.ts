@@ -23,7 +23,7 @@ import { decodeUserState, encodeUserState } from './codec.js';
 import type { StateFields } from './codec.js';
 import type { KeySpace } from './keys.js';
 import { catalogMetaKey, userStagingKey, userStateKey } from './keys.js';
-import { RespEncoder } from './resp.js';
+import { RespEncoder, SpareBuffers } from './resp.js';
 import type { UserState } from './user-state.js';
 
 /** KEYS: live key, staging key. ARGV: expected revision, idle TTL in ms (0: none). */
@@ -48,6 +48,11 @@ const STAGING_TTL_MS = '600000';
 const WRITE_CHUNK_USERS = 256;
 /** HSET staging, PEXPIRE staging, swap. */
 const COMMANDS_PER_WRITE = 3;
+/**
+ * Encoding buffers kept for the next flushes (resp.ts): a flush of about 25,000 users at d = 384
+ * with full histories, more than AFFINITY_FLUSH_MAX_USERS's default.
+ */
+const SPARE_BUFFER_BYTES = 512 * 2 ** 20;
 
 export interface WriteOutcome {
   readonly written: string[];
@@ -59,6 +64,7 @@ export class UserStateStore {
   /** Names this writer's staging keys, apart from every other writer's. */
   private readonly writerId = randomUUID().slice(0, 12);
   private scriptLoading = false;
+  private readonly spareBuffers = new SpareBuffers(SPARE_BUFFER_BYTES);
 
   /**
    * `writer` carries the writes, `redis` everything else. The worker gives them separate
@@ -169,7 +175,8 @@ export class UserStateStore {
       encoder.add(['EVALSHA', SWAP_STATE_SHA, '2', key, staging, revision, idleTtlMs]);
     }
 
-    const commands = encoder.toCommands();
+    const bytes = this.spareBuffers.take(encoder.byteLength);
+    const commands = encoder.toCommands(bytes);
     const stream = this.writer.stream as Writable | undefined;
     stream?.cork();
     try {
@@ -177,7 +184,10 @@ export class UserStateStore {
     } finally {
       stream?.uncork();
     }
-    return Promise.all(commands.map((command) => settled(command.promise)));
+    const replies = await Promise.all(commands.map((command) => settled(command.promise)));
+    // Every command is settled: ioredis neither holds nor writes its bytes again.
+    this.spareBuffers.give(bytes);
+    return replies;
   }
 
   /** The swap's reply; NOSCRIPT fails the write (to be retried) and loads the script again. */

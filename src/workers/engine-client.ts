@@ -57,13 +57,12 @@ export class EngineClient {
    * use them again); resolves once they are applied.
    */
   apply(
-    partition: number,
-    nextOffset: string,
+    where: { partition: number; nextOffset: string; caughtUp: boolean },
     events: EventColumns,
     transfer: ArrayBuffer[],
   ): Promise<void> {
     const seq = this.nextSeq();
-    const batch: ToEngine = { kind: 'batch', seq, partition, nextOffset, events };
+    const batch: ToEngine = { kind: 'batch', seq, ...where, events };
     return this.request(seq, batch, transfer) as Promise<void>;
   }
 

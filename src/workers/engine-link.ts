@@ -39,6 +39,8 @@ export interface BatchMessage {
   readonly partition: number;
   /** The offset after the batch's last message, valid or not: where a commit may go. */
   readonly nextOffset: string;
+  /** The batch ends at its partition's high watermark: nothing more was there to read. */
+  readonly caughtUp: boolean;
   readonly events: EventColumns;
 }
 

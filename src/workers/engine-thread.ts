@@ -47,6 +47,8 @@ class Engine {
   private readonly logger: Logger;
   /** Next offset to commit per partition, once the states holding its events are flushed. */
   private readonly positions = new Map<number, string>();
+  /** Partitions whose last batch did not reach the high watermark: a backlog is being read. */
+  private readonly lagging = new Set<number>();
   /** Serialises batches, requested flushes and the stop. */
   private exclusive: Promise<unknown> = Promise.resolve();
   private flushTimer: NodeJS.Timeout | null = null;
@@ -104,6 +106,8 @@ class Engine {
     const events = eventsOfColumns(batch.events, batch.partition, this.typeNames);
     await this.retrying(() => this.buffer.apply(events));
     this.positions.set(batch.partition, batch.nextOffset);
+    if (batch.caughtUp) this.lagging.delete(batch.partition);
+    else this.lagging.add(batch.partition);
     this.send({ kind: 'applied', seq: batch.seq, metrics: this.recorder.take() });
     await this.flushIfDue();
   }
@@ -135,7 +139,8 @@ class Engine {
    * are applied meanwhile. Only when too many changed states wait does it wait (backpressure).
    */
   private async flushIfDue(): Promise<void> {
-    if (!this.buffer.flushDue(this.positions.size > 0)) return;
+    const caughtUp = this.lagging.size === 0;
+    if (!this.buffer.flushDue(this.positions.size > 0, caughtUp)) return;
     const flushed = this.flushAndReport();
     if (this.buffer.overfull) await flushed;
     else
@@ -176,6 +181,7 @@ class Engine {
     if (request.clear) {
       await this.buffer.clear();
       this.positions.clear();
+      this.lagging.clear();
     }
     this.send({ kind: 'reply', seq: request.seq, error, metrics: this.recorder.take() });
   }

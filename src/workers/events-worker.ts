@@ -205,7 +205,9 @@ export class AffinityWorker {
     const { columns, transfer, letters } = this.decodeBatch(payload);
     this.deadLetter(letters);
     const nextOffset = (BigInt(last.offset) + 1n).toString();
-    const applied = this.engine.apply(batch.partition, nextOffset, columns, transfer);
+    const lag = Number(batch.offsetLag());
+    const where = { partition: batch.partition, nextOffset, caughtUp: lag === 0 };
+    const applied = this.engine.apply(where, columns, transfer);
     // Handled where it is awaited (drainInFlight, close); this keeps a lost engine from also
     // surfacing as an unhandled rejection.
     applied.then(
@@ -217,7 +219,6 @@ export class AffinityWorker {
 
     await this.drainInFlight(payload, MAX_BATCHES_IN_FLIGHT);
     await payload.heartbeat();
-    const lag = Number(batch.offsetLag());
     this.metrics.consumerLag.set({ topic: batch.topic, partition: String(batch.partition) }, lag);
   }
 

@@ -115,13 +115,16 @@ export class StateBuffer {
   /**
    * Whether a flush should start: none is in flight, and the interval has passed since the
    * last one while something waits (changed states, or offsets of batches that changed
-   * nothing), or too many users wait.
+   * nothing), or too many users wait. The interval is stretched after costly flushes only
+   * while a backlog is being read (`caughtUp` false): once the consumer has reached the end of
+   * its partitions, what it holds goes out on the plain interval (flushIntervalAfter).
    */
-  flushDue(uncommittedOffsets: boolean): boolean {
+  flushDue(uncommittedOffsets: boolean, caughtUp = false): boolean {
     if (this.flushInFlight) return false;
     if (this.overfull) return true;
     if (this.dirtyUsers === 0 && !uncommittedOffsets) return false;
-    return performance.now() - this.lastFlushMs >= this.flushIntervalMs();
+    const intervalMs = flushIntervalAfter(this.lastFlushBusyMs, this.config, caughtUp);
+    return performance.now() - this.lastFlushMs >= intervalMs;
   }
 
   /** Too many changed states wait: the caller should wait for a flush before reading more. */
@@ -156,10 +159,6 @@ export class StateBuffer {
     const run = this.exclusive.then(work, work);
     this.exclusive = run.catch(() => undefined);
     return run;
-  }
-
-  private flushIntervalMs(): number {
-    return flushIntervalAfter(this.lastFlushBusyMs, this.config);
   }
 
   private async flushOnce(): Promise<FlushOutcome> {
@@ -287,8 +286,8 @@ export class StateBuffer {
     const byUser = groupByUser(events);
     await this.hold([...byUser.keys()]);
     const layout = this.layout();
-    const embeddings = await this.cache.lookup(itemsOfBatch(byUser, this.entries));
-    const context = this.updateContext(layout, embeddings);
+    const embedding = await this.cache.resolver(itemsOfBatch(events, byUser, this.entries));
+    const context = this.updateContext(layout, embedding);
 
     for (const [user, own] of byUser) {
       const entry = this.entries.get(user)!;
@@ -338,8 +337,9 @@ export class StateBuffer {
     const layout = this.layout();
     const entries = new Map(users.map((user) => [user, sent.states.get(user)!.entry]));
     const byUser = new Map([...entries].map(([user, entry]) => [user, entry.unconfirmed]));
-    const embeddings = await this.cache.lookup(itemsOfBatch(byUser, new Map()));
-    const context = this.updateContext(layout, embeddings);
+    const events = [...byUser.values()].flat();
+    const embedding = await this.cache.resolver(itemsOfBatch(events, byUser, new Map()));
+    const context = this.updateContext(layout, embedding);
 
     for (const [user, entry] of entries) {
       this.arena?.release(entry.state.aggregates.sums);
@@ -469,14 +469,14 @@ export class StateBuffer {
 
   private updateContext(
     layout: AggregateLayout,
-    embeddings: Map<string, Float32Array>,
+    embedding: (item: string) => Float32Array | undefined,
   ): UpdateContext {
     return {
       signals: this.config.signals,
       layout,
       historyMaxEvents: this.config.historyMaxEvents,
       pendingMaxEvents: this.config.pendingMaxEvents,
-      embedding: (item) => embeddings.get(item),
+      embedding,
     };
   }
 
@@ -500,12 +500,16 @@ export class StateBuffer {
  * events the user had: when the worker catches up on a backlog, every flush finds most users
  * changed, and flushing on the plain interval would spend the time writing the same users
  * again. Freshness is then bounded by the backlog, not by the interval. Capped at half the
- * Kafka session timeout.
+ * Kafka session timeout. Once the backlog is read (`caughtUp`), the plain interval applies again:
+ * otherwise the last events of a backlog would wait for the stretched interval, seconds after
+ * there was nothing left to read.
  */
 export function flushIntervalAfter(
   lastFlushBusyMs: number,
   config: Pick<Config, 'flushIntervalMs' | 'flushTimeShare' | 'kafkaSessionTimeoutMs'>,
+  caughtUp = false,
 ): number {
+  if (caughtUp) return config.flushIntervalMs;
   const share = config.flushTimeShare;
   const stretchedMs = (lastFlushBusyMs * (1 - share)) / share;
   const capMs = config.kafkaSessionTimeoutMs / 2;
@@ -529,15 +533,15 @@ function historyItems(entries: Map<string, Entry>): Set<string> {
   return items;
 }
 
-/** Items of the new events and of the users' waiting events. */
+/** Items of the events (one per event) and of the held users' waiting events. */
 function itemsOfBatch(
+  events: readonly SequencedEvent[],
   byUser: Map<string, readonly SequencedEvent[]>,
   entries: Map<string, Entry>,
-): Set<string> {
-  const items = new Set<string>();
-  for (const [user, own] of byUser) {
-    for (const { event } of own) items.add(event.item);
-    for (const waiting of entries.get(user)?.state.pending ?? []) items.add(waiting.item);
+): string[] {
+  const items = events.map(({ event }) => event.item);
+  for (const user of byUser.keys()) {
+    for (const waiting of entries.get(user)?.state.pending ?? []) items.push(waiting.item);
   }
   return items;
 }

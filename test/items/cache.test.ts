@@ -58,3 +58,37 @@ test('meta and Gramian are read as one version while a writer keeps changing the
   assert.ok(syncs >= 20, `only ${syncs} syncs overlapped the writer`);
   assert.deepEqual(mismatches, [], `${mismatches.length} of ${syncs} syncs mixed two versions`);
 });
+
+test("a batch's resolver answers for every item of the batch, though the cache is smaller", async (t) => {
+  const config = testConfig();
+  t.after(() => deleteKeys(config.keyPrefix));
+  const catalogue = randomCatalogue(6, DIM, 5);
+  await loadCatalogueIntoRedis(config, catalogue);
+  const redis = new Redis(REDIS_URL);
+  t.after(() => redis.quit());
+  const counted = { hits: 0, misses: 0 };
+  const counters = {
+    hit: (n: number) => (counted.hits += n),
+    miss: (n: number) => (counted.misses += n),
+  };
+  const store = new ItemStore(redis, { prefix: config.keyPrefix });
+  const cache = new EmbeddingCache(store, 2, counters, false);
+  await cache.sync(await store.readVersion());
+
+  // Three distinct items (and a repeat) into a cache of two: none is evicted during the batch.
+  const first = await cache.resolver(['i0', 'i1', 'i2', 'i0', 'nope']);
+  for (const item of ['i0', 'i1', 'i2']) assert.deepEqual(first(item), catalogue.get(item));
+  assert.equal(first('nope'), undefined, 'an item the catalogue lacks');
+  assert.deepEqual(counted, { hits: 0, misses: 4 }, 'misses: distinct items fetched');
+
+  // The next batch first evicts the oldest (i0), first in first out, down to two entries.
+  const second = await cache.resolver(['i2', 'i1', 'i0']);
+  assert.deepEqual(counted, { hits: 2, misses: 5 }, 'hits: one per event found in process');
+  for (const item of ['i0', 'i1', 'i2']) assert.deepEqual(second(item), catalogue.get(item));
+
+  // Held now: i2, i0 after the next eviction. i2 is found in process, i3 and i4 are fetched;
+  // storing them must not evict i2, which the resolver answers from the cache alone.
+  const third = await cache.resolver(['i2', 'i3', 'i4']);
+  assert.deepEqual(counted, { hits: 3, misses: 7 });
+  for (const item of ['i2', 'i3', 'i4']) assert.deepEqual(third(item), catalogue.get(item));
+});

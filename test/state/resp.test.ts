@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { RespEncoder } from '../../src/state/resp.js';
+import { RespEncoder, SpareBuffers } from '../../src/state/resp.js';
 
 test('commands encode as arrays of bulk strings, byte lengths counted in UTF-8', () => {
   const encoder = new RespEncoder();
@@ -42,4 +42,36 @@ test('a view of a larger array is encoded as its own bytes only', () => {
     Buffer.from('\r\n', 'latin1'),
   ]);
   assert.deepEqual(encoder.encode(), expected);
+});
+
+test('encoding into a reused buffer gives the same bytes, whatever the buffer held', () => {
+  const encoder = new RespEncoder();
+  encoder.add(['HSET', 'k', 'é€', Uint8Array.of(1, 2, 3)]);
+  encoder.add(['PEXPIRE', 'k', '600000']);
+  const expected = encoder.encode();
+
+  const used = Buffer.alloc(encoder.byteLength + 100, 0xaa);
+  assert.equal(encoder.byteLength, expected.length);
+  assert.deepEqual(encoder.encode(used), expected);
+  const parts = encoder
+    .toCommands(used)
+    .map((command) => command.toWritable(undefined as never) as Buffer);
+  assert.deepEqual(Buffer.concat(parts), expected, 'the commands end where the encoding ends');
+});
+
+test('spare buffers: the smallest that fits is reused, none beyond the bound are kept', () => {
+  const spare = new SpareBuffers(4_000);
+  const small = spare.take(1_000);
+  const large = spare.take(1_500);
+  assert.equal(small.length, 1_250, 'a quarter more than asked');
+  spare.give(large);
+  spare.give(small);
+  assert.equal(spare.take(900), small, 'the smallest that fits');
+  assert.equal(spare.take(900), large);
+  assert.equal(spare.take(900).length, 1_125, 'a buffer is handed out once');
+
+  spare.give(Buffer.alloc(2_500));
+  spare.give(Buffer.alloc(2_000));
+  assert.equal(spare.take(600).length, 2_500, 'the second buffer went over the bound');
+  assert.equal(spare.take(600).length, 750);
 });

@@ -6,6 +6,7 @@ import { decodeUserState, encodeUserState, entryJson } from '../../src/state/cod
 import type { StateFields } from '../../src/state/codec.js';
 import type { HistoryEntry, SequencedEvent, UpdateContext } from '../../src/state/user-state.js';
 import { applyEvents, emptyUserState } from '../../src/state/user-state.js';
+import { seededRandom } from '../helpers/services.js';
 
 const layout = { dim: 2, halfLivesMs: [3_600_000, 86_400_000] };
 const embeddings = new Map<string, Float32Array>([
@@ -107,11 +108,12 @@ test('the encoded history is its JSON after every change, late events and trims 
   // or merging when an event lands inside it. Each step must still give exactly JSON.stringify
   // of the history, for 0, 1, 2 and more entries, whole replacements and repeats included.
   const state = emptyUserState(layout);
-  const historyOf = () => {
-    const encoded = encodeUserState(state, layout);
-    return encoded[encoded.indexOf('hist') + 1];
+  const historyOf = (of = state) => {
+    const encoded = encodeUserState(of, layout);
+    return String(encoded[encoded.indexOf('hist') + 1]);
   };
   assert.equal(historyOf(), '[]');
+  assert.equal(historyOf(), '[]', 'encoding an empty history twice');
 
   const steps: SequencedEvent[][] = [
     [at(10, {})],
@@ -131,6 +133,50 @@ test('the encoded history is its JSON after every change, late events and trims 
     assert.equal(historyOf(), JSON.stringify(state.history), 'encoding twice changes nothing');
   }
   assert.equal(state.history.length, 4, 'the history is trimmed to its bound');
+
+  // A state read back from Redis starts without a previous encoding, and one whose history was
+  // replaced outside the apply is encoded afresh.
+  const fields: StateFields = {};
+  const encoded = encodeUserState(state, layout);
+  for (let i = 0; i < encoded.length; i += 2)
+    fields[String(encoded[i])] = Buffer.from(encoded[i + 1]!);
+  const decoded = decodeUserState(fields, layout);
+  applyEvents(decoded, [at(30, {}), at(24, { item: 'late-after-read' })], context(embeddings, 4));
+  assert.equal(historyOf(decoded), JSON.stringify(decoded.history));
+  decoded.history = decoded.history.slice(1);
+  assert.equal(historyOf(decoded), JSON.stringify(decoded.history));
+});
+
+test('the encoded history stays its JSON through random late events, trims and re-reads', () => {
+  // 400 random steps of 0 to 4 events, a third of them late by up to a minute, items with
+  // multi-byte characters, a bound of 12; every few steps the state is read back from its
+  // encoding (which starts without a previous encoding) and goes on from there.
+  const random = seededRandom(7);
+  const items = ['a', 'b', 'ü', 'é "q"', '😀', 'long-item-id-0123456789'];
+  let state = emptyUserState(layout);
+  let offset = 0;
+  let clockMs = 1_733_250_000_000;
+  for (let step = 0; step < 400; step++) {
+    const events: SequencedEvent[] = [];
+    for (let k = Math.floor(random() * 5); k > 0; k--) {
+      clockMs += Math.floor(random() * 2_000);
+      const late = random() < 0.3 ? Math.floor(random() * 60_000) : 0;
+      const item = items[Math.floor(random() * items.length)]!;
+      const event = { user: 'u', item, ts: clockMs - late, type: 'click' };
+      events.push({ event, position: { partition: 0, offset: offset++ } });
+    }
+    applyEvents(state, events, context(embeddings, 12));
+    const encoded = encodeUserState(state, layout);
+    const hist = String(encoded[encoded.indexOf('hist') + 1]);
+    assert.equal(hist, JSON.stringify(state.history), `step ${step}`);
+    if (step % 37 === 36) {
+      const fields: StateFields = {};
+      for (let i = 0; i < encoded.length; i += 2) {
+        fields[String(encoded[i])] = Buffer.from(encoded[i + 1]!);
+      }
+      state = decodeUserState(fields, layout);
+    }
+  }
 });
 
 test('a history entry encodes exactly as JSON.stringify gives it, whatever its shape', () => {

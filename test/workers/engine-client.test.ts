@@ -32,6 +32,9 @@ test('an engine that cannot reach Redis fails its start and refuses batches', as
   assert.equal(failures.length, 1, 'the worker is told once');
 
   const { columns, transfer } = new ColumnsBuilder(0, new Map()).build();
-  await assert.rejects(engine.apply(0, '1', columns, transfer), /engine stopped/);
+  await assert.rejects(
+    engine.apply({ partition: 0, nextOffset: '1', caughtUp: true }, columns, transfer),
+    /engine stopped/,
+  );
   await engine.stop();
 });
