@@ -167,8 +167,13 @@ function insertHistory(state: UserState, event: InteractionEvent, max: number): 
   const history = state.history;
   let index = history.length;
   while (index > 0 && compareHistory(history[index - 1]!, entry) > 0) index--;
-  history.splice(index, 0, entry);
-  if (history.length > max) history.splice(0, history.length - max);
+  // push and shift for the usual case (an event newer than the history, one entry over the
+  // bound) rather than two splices, each of which also builds an array of what it removed.
+  if (index === history.length) history.push(entry);
+  else history.splice(index, 0, entry);
+  const excess = history.length - max;
+  if (excess === 1) history.shift();
+  else if (excess > 1) history.splice(0, excess);
 }
 
 /** The event as the history keeps it (and as docs/redis-layout.md gives its JSON). */
