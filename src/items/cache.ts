@@ -2,8 +2,8 @@
  * The in-process embedding cache in front of the Redis catalogue. Entries are dropped when the
  * catalogue's change stream names them (see ItemStore.changesSince); when a worker has fallen
  * further behind than the stream reaches, it drops everything. Eviction is first-in first-out
- * once `maxItems` is reached: cheaper than LRU bookkeeping on the hot path, and the hot items
- * come straight back.
+ * down to `maxItems`, at the start of each look-up (one look-up's fetches may go over until the
+ * next): cheaper than LRU bookkeeping on the hot path, and the hot items come straight back.
  */
 import type { CatalogMeta, ItemStore } from './store.js';
 import type { Gramian } from '../features/gramian.js';
@@ -67,26 +67,16 @@ export class EmbeddingCache {
 
   /**
    * The embeddings of the listed items that exist, from the cache or, for the rest, from Redis
-   * in one round trip. The map is the caller's own: eviction cannot take an entry from it.
+   * in one round trip. The map is the caller's own: eviction cannot take an entry from it. Hits
+   * and misses count one per distinct item.
    */
   async lookup(items: Iterable<string>): Promise<Map<string, Float32Array>> {
-    this.evictExcess();
+    const distinct = [...new Set(items)];
+    const resolve = await this.resolver(distinct);
     const found = new Map<string, Float32Array>();
-    const missing = new Set<string>();
-    for (const item of items) {
-      if (found.has(item) || missing.has(item)) continue;
-      const cached = this.entries.get(item);
-      if (cached) found.set(item, cached);
-      else missing.add(item);
-    }
-    this.counters.hit(found.size);
-    this.counters.miss(missing.size);
-    if (missing.size === 0 || !this.meta) return found;
-
-    const fetched = await this.store.getMany([...missing], this.meta.dim);
-    for (const [item, embedding] of fetched) {
-      this.put(item, embedding);
-      found.set(item, embedding);
+    for (const item of distinct) {
+      const embedding = resolve(item);
+      if (embedding) found.set(item, embedding);
     }
     return found;
   }
@@ -112,19 +102,14 @@ export class EmbeddingCache {
     if (!missing || !this.meta) return (item) => this.entries.get(item);
 
     const fetched = await this.store.getMany([...missing], this.meta.dim);
-    for (const [item, embedding] of fetched) this.put(item, embedding, false);
+    if (this.maxItems > 0)
+      for (const [item, embedding] of fetched) this.entries.set(item, embedding);
     return (item) => this.entries.get(item) ?? fetched.get(item);
   }
 
-  private put(item: string, embedding: Float32Array, evict = true): void {
-    if (this.maxItems === 0) return;
-    if (evict) this.evictExcess(1);
-    this.entries.set(item, embedding);
-  }
-
-  /** First in, first out, until `room` more entries fit. */
-  private evictExcess(room = 0): void {
-    let excess = this.entries.size + room - this.maxItems;
+  /** First in, first out, down to `maxItems` (the last call's fetches may have gone over). */
+  private evictExcess(): void {
+    let excess = this.entries.size - this.maxItems;
     for (const oldest of this.entries.keys()) {
       if (excess <= 0) return;
       this.entries.delete(oldest);

@@ -4,13 +4,14 @@
  * zombie consumer that lost its partitions in a rebalance can therefore never overwrite a newer
  * state, and the state and its applied offsets always change together.
  *
- * The write goes in two steps sent back to back (one socket write, see writeChunk): HSET of the whole new state into a staging
- * key of this writer's own, then a small Lua script that checks the revision of the live key
- * and RENAMEs the staging key over it (or deletes the staging key on a conflict). RENAME is
- * atomic and O(1), so readers see the old state or the new one, never a mix. Passing the 10 KB
- * of a state through a script's arguments instead cost Redis about twice the time per write
- * (EVALSHA 30 to 90 µs against HSET 10 to 15 µs plus the swap, measured with INFO
- * commandstats at d = 384), Lua copying each argument into and back out of its own strings.
+ * The write goes in two steps sent back to back (one socket write, see writeChunk): HSET of the
+ * whole new state into a staging key of this writer's own, then a small Lua script that checks
+ * the revision of the live key and RENAMEs the staging key over it (or deletes the staging key
+ * on a conflict). RENAME is atomic and O(1), so readers see the old state or the new one, never
+ * a mix. Passing the 10 KB of a state through a script's arguments instead cost Redis about
+ * twice the time per write (EVALSHA 30 to 90 µs against HSET 10 to 15 µs plus the swap,
+ * measured with INFO commandstats at d = 384), Lua copying each argument into and back out of
+ * its own strings.
  * Both keys carry the user's hash tag, so the script is valid on Redis Cluster; the staging key
  * expires by itself if a writer dies between the two steps.
  */

@@ -16,7 +16,7 @@ import { AffinityError } from '../errors.js';
 import type { Logger } from '../ops/logger.js';
 import type { CounterLike, HistogramLike, StateMetrics, WorkerMetrics } from '../ops/metrics.js';
 import { STATE_COUNTERS, STATE_HISTOGRAMS } from '../ops/metrics.js';
-import type { InteractionEvent } from '../events/types.js';
+import type { InteractionEvent, Signals } from '../events/types.js';
 import type { SequencedEvent } from '../state/user-state.js';
 import { eventOf } from '../stream/decode.js';
 
@@ -93,6 +93,18 @@ export function describeError(err: unknown): EngineError {
     ...(typeof code === 'string' ? { code } : {}),
     ...(err.stack === undefined ? {} : { stack: err.stack }),
   };
+}
+
+/**
+ * The configured event types as both threads number them in the `types` column: in the
+ * signals configuration's order, which each thread reads from the same config.
+ */
+export function signalTypes(signals: Signals): {
+  readonly names: readonly string[];
+  readonly index: ReadonlyMap<string, number>;
+} {
+  const names = [...signals.keys()];
+  return { names, index: new Map(names.map((type, i) => [type, i])) };
 }
 
 /** Builds a batch's columns, event by event, on the main thread. */

@@ -22,7 +22,13 @@ import type { Logger } from '../ops/logger.js';
 import { workerRedis } from '../ops/redis.js';
 import { UserStateStore } from '../state/store.js';
 import type { BatchMessage, FlushRequest, FromEngine, ToEngine } from './engine-link.js';
-import { MetricRecorder, describeError, eventsOfColumns, isPassing } from './engine-link.js';
+import {
+  MetricRecorder,
+  describeError,
+  eventsOfColumns,
+  isPassing,
+  signalTypes,
+} from './engine-link.js';
 import { StateBuffer } from './state-buffer.js';
 
 export interface EngineData {
@@ -62,7 +68,7 @@ class Engine {
     logLevel: string,
     private readonly send: (message: FromEngine) => void,
   ) {
-    this.typeNames = [...config.signals.keys()];
+    this.typeNames = signalTypes(config.signals).names;
     this.logger = pino({ level: logLevel, base: null }, { write: (line) => this.log(line) });
     this.redis = workerRedis(config.redisUrl, 'engine reads', this.logger);
     this.writer = workerRedis(config.redisUrl, 'engine writes', this.logger);

@@ -29,7 +29,7 @@ import type { DeadLetter } from '../stream/kafka.js';
 import { DeadLetterSink, createKafka, ensureTopics } from '../stream/kafka.js';
 import { EngineClient } from './engine-client.js';
 import type { Position } from './engine-link.js';
-import { ColumnsBuilder } from './engine-link.js';
+import { ColumnsBuilder, signalTypes } from './engine-link.js';
 import { decodeEvent } from '../stream/decode.js';
 
 const CATALOGUE_WAIT_MS = 1_000;
@@ -91,7 +91,7 @@ export class AffinityWorker {
       groupId: `${config.groupId}-items`,
     });
     this.itemStore = new ItemStore(this.redis, { prefix: config.keyPrefix });
-    this.typeIndex = new Map([...config.signals.keys()].map((type, i) => [type, i]));
+    this.typeIndex = signalTypes(config.signals).index;
     this.engine = new EngineClient(config, logger, metrics, {
       flushed: (positions) => this.commitFlushed(positions),
       failed: (error) => {

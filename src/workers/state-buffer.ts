@@ -119,7 +119,7 @@ export class StateBuffer {
    * while a backlog is being read (`caughtUp` false): once the consumer has reached the end of
    * its partitions, what it holds goes out on the plain interval (flushIntervalAfter).
    */
-  flushDue(uncommittedOffsets: boolean, caughtUp = false): boolean {
+  flushDue(uncommittedOffsets: boolean, caughtUp: boolean): boolean {
     if (this.flushInFlight) return false;
     if (this.overfull) return true;
     if (this.dirtyUsers === 0 && !uncommittedOffsets) return false;
