@@ -3,7 +3,7 @@
  * bytes: the states may change as soon as the call returns, so what reaches Redis must be the
  * state as it was at the call, whether the connection was ready or still connecting (ioredis
  * queues the commands). A Redis that lost the swap script (restarted, SCRIPT FLUSH) fails one
- * write, retriably, and the next one goes through.
+ * write, retriably, and the next one goes through. A history sent as an edit lands as its JSON.
  */
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
@@ -11,6 +11,7 @@ import { test } from 'node:test';
 import { Redis } from 'ioredis';
 import { AffinityError } from '../../src/errors.js';
 import { DEFAULT_SIGNALS_SPEC, parseSignals } from '../../src/events/types.js';
+import { userStateKey } from '../../src/state/keys.js';
 import { UserStateStore } from '../../src/state/store.js';
 import type { UserState } from '../../src/state/user-state.js';
 import { applyEvents, emptyUserState } from '../../src/state/user-state.js';
@@ -90,4 +91,51 @@ test('a write after Redis lost the swap script fails retriably, and the next one
   });
   assert.deepEqual((await store.writeMany(new Map([['u', state]]), layout)).written, ['u']);
   assert.equal((await store.load('u', layout)).revision, 2);
+});
+
+test('a history sent as an edit lands as its JSON, and one Redis holds otherwise is refused', async (t) => {
+  // The second write of a state sends its history as an edit of the stored one (codec.ts,
+  // encodeStateWrite); the script builds the JSON from the stored bytes. A stored history of
+  // another length than the edit expects (written behind this writer's back at the same
+  // revision) must be refused as a lost race, not edited into a wrong one.
+  const { keyPrefix } = testConfig();
+  defer(t, () => deleteKeys(keyPrefix));
+  const redis = new Redis(REDIS_URL);
+  defer(t, () => redis.quit());
+  const store = new UserStateStore(redis, { prefix: keyPrefix }, 0);
+  const state = stateWithOneEvent();
+  const key = userStateKey({ prefix: keyPrefix }, 'u');
+  const apply = (ts: number, item: string) =>
+    applyEvents(state, [{ event: { user: 'u', item, ts, type: 'click' } }], {
+      signals: parseSignals(DEFAULT_SIGNALS_SPEC),
+      layout,
+      historyMaxEvents: 3,
+      pendingMaxEvents: 10,
+      embedding: () => Float32Array.of(1, 0, 0, 0),
+    });
+  const write = async () => {
+    const { written } = await store.writeMany(new Map([['u', state]]), layout);
+    if (written.length === 1) state.revision += 1;
+    return written;
+  };
+
+  assert.deepEqual(await write(), ['u']);
+  for (const [ts, item] of [
+    [2_000, 'b'],
+    [3_000, 'ü 😀'],
+    [1_500, 'late'],
+    [4_000, 'c'],
+  ] as const) {
+    apply(ts, item);
+    assert.deepEqual(await write(), ['u']);
+    assert.equal(await redis.hget(key, 'hist'), JSON.stringify(state.history));
+  }
+  assert.equal(state.history.length, 3, 'trimmed to its bound along the way');
+
+  await redis.hset(key, 'hist', JSON.stringify(state.history.slice(1)));
+  apply(5_000, 'd');
+  assert.deepEqual(await write(), [], 'refused: the stored history is not the one edited');
+  assert.equal(await redis.hget(key, 'rev'), String(state.revision), 'and left as it was');
+  const staged = await redis.keys(`${keyPrefix}u:{u}:next:*`);
+  assert.deepEqual(staged, [], 'the staged state is deleted');
 });
