@@ -5,8 +5,9 @@
  * flush, the dual solves. Each side works while the other does, which is where the split pays:
  * the fetches and the JSON no longer wait for the apply, nor the apply for them.
  *
- * A batch's valid events cross as columns (engine-link's EventColumns): two arrays of strings
- * and a few typed arrays, transferred, rather than thousands of small objects to clone. The
+ * A batch's valid events cross as columns (engine-link's EventColumns): the batch's distinct
+ * users and items, and typed arrays (transferred) of what each event has, rather than
+ * thousands of small objects to clone. The
  * engine answers each batch once it is applied, and reports each confirmed flush with the Kafka
  * positions it covers, which the main thread then commits. Metrics and log lines recorded on the
  * engine ride along with its messages and are replayed on the main thread's registry and
@@ -20,10 +21,20 @@ import type { InteractionEvent, Signals } from '../events/types.js';
 import type { SequencedEvent } from '../state/user-state.js';
 import { eventOf } from '../stream/decode.js';
 
-/** A batch's valid events, field by field; `types` index the configured signal types. */
+/**
+ * A batch's valid events, field by field; `types` index the configured signal types. Users and
+ * items go as codes into lists of the batch's distinct ones: each id crosses to the engine (and
+ * is made there again) once per batch rather than once per event, the engine's events of one
+ * user or item share one string (whose hash V8 then computes once), and the engine groups the
+ * events by user without hashing a string per event.
+ */
 export interface EventColumns {
-  readonly users: readonly string[];
-  readonly items: readonly string[];
+  /** The batch's distinct users, in order of their first event. */
+  readonly userNames: readonly string[];
+  /** Each event's user, as its index in userNames. */
+  readonly users: Uint32Array;
+  readonly itemNames: readonly string[];
+  readonly items: Uint32Array;
   readonly ts: Float64Array;
   readonly types: Uint16Array;
   /** NaN where the event has no value. */
@@ -109,8 +120,10 @@ export function signalTypes(signals: Signals): {
 
 /** Builds a batch's columns, event by event, on the main thread. */
 export class ColumnsBuilder {
-  private readonly users: string[] = [];
-  private readonly items: string[] = [];
+  private readonly users = new Dictionary();
+  private readonly items = new Dictionary();
+  private readonly userCodes: Uint32Array;
+  private readonly itemCodes: Uint32Array;
   private readonly ts: Float64Array;
   private readonly types: Uint16Array;
   private readonly values: Float64Array;
@@ -122,6 +135,8 @@ export class ColumnsBuilder {
     capacity: number,
     private readonly typeIndex: ReadonlyMap<string, number>,
   ) {
+    this.userCodes = new Uint32Array(capacity);
+    this.itemCodes = new Uint32Array(capacity);
     this.ts = new Float64Array(capacity);
     this.types = new Uint16Array(capacity);
     this.values = new Float64Array(capacity);
@@ -130,8 +145,8 @@ export class ColumnsBuilder {
 
   add(event: InteractionEvent, offset: number): void {
     const n = this.count++;
-    this.users.push(event.user);
-    this.items.push(event.item);
+    this.userCodes[n] = this.users.code(event.user);
+    this.itemCodes[n] = this.items.code(event.item);
     this.ts[n] = event.ts;
     this.types[n] = this.typeIndex.get(event.type)!;
     this.values[n] = event.value ?? NaN;
@@ -145,13 +160,33 @@ export class ColumnsBuilder {
   /** The columns and the buffers to transfer with them. */
   build(): { columns: EventColumns; transfer: ArrayBuffer[] } {
     const n = this.count;
+    const users = this.userCodes.slice(0, n);
+    const items = this.itemCodes.slice(0, n);
     const ts = this.ts.slice(0, n);
     const types = this.types.slice(0, n);
     const values = this.values.slice(0, n);
     const offsets = this.offsets.slice(0, n);
-    const columns = { users: this.users, items: this.items, ts, types, values, offsets };
-    const transfer = [ts.buffer, types.buffer, values.buffer, offsets.buffer];
-    return { columns: { ...columns, ids: this.ids }, transfer };
+    const names = { userNames: this.users.names, itemNames: this.items.names };
+    const columns = { ...names, users, items, ts, types, values, offsets, ids: this.ids };
+    const transfer = [users, items, ts, types, values, offsets].map(
+      (column) => column.buffer as ArrayBuffer,
+    );
+    return { columns, transfer };
+  }
+}
+
+/** Numbers each distinct string in order of first appearance. */
+class Dictionary {
+  readonly names: string[] = [];
+  private readonly codes = new Map<string, number>();
+
+  code(name: string): number {
+    let code = this.codes.get(name);
+    if (code === undefined) {
+      code = this.names.push(name) - 1;
+      this.codes.set(name, code);
+    }
+    return code;
   }
 }
 
@@ -162,20 +197,28 @@ export function eventsOfColumns(
   typeNames: readonly string[],
 ): SequencedEvent[] {
   const events: SequencedEvent[] = new Array<SequencedEvent>(columns.users.length);
-  for (let i = 0; i < events.length; i++) {
-    const user = columns.users[i]!;
-    const item = columns.items[i]!;
-    const ts = columns.ts[i]!;
-    const type = typeNames[columns.types[i]!]!;
-    const value = columns.values[i]!;
-    const id = columns.ids?.[i] ?? undefined;
-    events[i] = {
-      // decodeEvent's own constructor, so both give the very same events.
-      event: eventOf(user, item, ts, type, Number.isNaN(value) ? undefined : value, id),
-      position: { partition, offset: columns.offsets[i]! },
-    };
-  }
+  for (let i = 0; i < events.length; i++) events[i] = eventAt(columns, i, partition, typeNames);
   return events;
+}
+
+/** Event `i` of the columns. */
+export function eventAt(
+  columns: EventColumns,
+  i: number,
+  partition: number,
+  typeNames: readonly string[],
+): SequencedEvent {
+  const value = columns.values[i]!;
+  const event = eventOf(
+    // decodeEvent's own constructor, so both give the very same events.
+    columns.userNames[columns.users[i]!]!,
+    columns.itemNames[columns.items[i]!]!,
+    columns.ts[i]!,
+    typeNames[columns.types[i]!]!,
+    Number.isNaN(value) ? undefined : value,
+    columns.ids?.[i] ?? undefined,
+  );
+  return { event, position: { partition, offset: columns.offsets[i]! } };
 }
 
 /** Connection failures as Node reports them (`err.code`). */

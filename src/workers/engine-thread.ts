@@ -22,13 +22,7 @@ import type { Logger } from '../ops/logger.js';
 import { workerRedis } from '../ops/redis.js';
 import { UserStateStore } from '../state/store.js';
 import type { BatchMessage, FlushRequest, FromEngine, ToEngine } from './engine-link.js';
-import {
-  MetricRecorder,
-  describeError,
-  eventsOfColumns,
-  isPassing,
-  signalTypes,
-} from './engine-link.js';
+import { MetricRecorder, describeError, isPassing } from './engine-link.js';
 import { StateBuffer } from './state-buffer.js';
 
 export interface EngineData {
@@ -60,15 +54,12 @@ class Engine {
   private flushTimer: NodeJS.Timeout | null = null;
   private metricsTimer: NodeJS.Timeout | null = null;
   private failed = false;
-  /** The configured event types, in the order the main thread numbers them. */
-  private readonly typeNames: readonly string[];
 
   constructor(
     private readonly config: Config,
     logLevel: string,
     private readonly send: (message: FromEngine) => void,
   ) {
-    this.typeNames = signalTypes(config.signals).names;
     this.logger = pino({ level: logLevel, base: null }, { write: (line) => this.log(line) });
     this.redis = workerRedis(config.redisUrl, 'engine reads', this.logger);
     this.writer = workerRedis(config.redisUrl, 'engine writes', this.logger);
@@ -109,8 +100,7 @@ class Engine {
   }
 
   private async applyBatch(batch: BatchMessage): Promise<void> {
-    const events = eventsOfColumns(batch.events, batch.partition, this.typeNames);
-    await this.retrying(() => this.buffer.apply(events));
+    await this.retrying(() => this.buffer.apply(batch.events, batch.partition));
     this.positions.set(batch.partition, batch.nextOffset);
     if (batch.caughtUp) this.lagging.delete(batch.partition);
     else this.lagging.add(batch.partition);

@@ -14,7 +14,11 @@
  *
  * A write that lost a race (a consumer that took the partition over wrote the user in between)
  * is re-read and the events buffered since the last flush are applied again; those already in
- * the newer state are skipped by their offsets, so nothing is applied twice.
+ * the newer state are skipped by their offsets, so nothing is applied twice. Those events are
+ * kept as the columns of their batches (HeldBatch), not as objects per event: a backlog's flush
+ * interval holds hundreds of thousands of them, and as three objects each they outlived the
+ * young generation and made most of the engine's old-generation marking. Kept as objects, the
+ * worker read 13 to 42 % fewer events per second (docs/benchmarks.md, 2026-12-04 05:50).
  */
 import { performance } from 'node:perf_hooks';
 import type { Config } from '../config/config.js';
@@ -33,6 +37,8 @@ import type { DualContext } from '../state/dual-step.js';
 import { refreshDual } from '../state/dual-step.js';
 import type { DualSolution } from '../features/dual.js';
 import type { UserStateStore, WriteOutcome } from '../state/store.js';
+import type { EventColumns } from './engine-link.js';
+import { eventAt, signalTypes } from './engine-link.js';
 import type { ApplyResult, SequencedEvent, UpdateContext, UserState } from '../state/user-state.js';
 import { applyEvents, emptyUserState } from '../state/user-state.js';
 
@@ -43,8 +49,8 @@ export interface FlushOutcome {
 
 interface Entry {
   state: UserState;
-  /** Events applied since the last write Redis confirmed, kept to re-apply after a lost race. */
-  unconfirmed: SequencedEvent[];
+  /** Events applied since the last write Redis confirmed (their batches are held). */
+  unconfirmed: number;
   /** Of those, how many changed the state (the rest were duplicates). */
   applied: number;
   /** Changed since the last write was sent. */
@@ -56,7 +62,7 @@ interface SentState {
   readonly entry: Entry;
   /** The revision the write expects; the state becomes revision + 1 when it lands. */
   readonly revision: number;
-  /** How many of `entry.unconfirmed` (the oldest) the write holds, and of those applied. */
+  /** How many of the entry's unconfirmed events the write holds, and of those applied. */
   readonly events: number;
   readonly applied: number;
 }
@@ -67,6 +73,17 @@ interface SentWrite {
   readonly startedMs: number;
   /** How long solving, encoding and sending kept this thread busy. */
   readonly busyMs: number;
+  /** How many of the held batches (the oldest) were applied before it was sent. */
+  readonly heldBatches: number;
+}
+
+/**
+ * A batch applied since the last confirmed flush was sent. Once a flush sent after it is
+ * confirmed, Redis holds every one of its events; until then they may have to be applied again.
+ */
+interface HeldBatch {
+  readonly columns: EventColumns;
+  readonly partition: number;
 }
 
 const MAX_WRITE_ATTEMPTS = 5;
@@ -83,6 +100,8 @@ const NO_WRITES: WriteOutcome = { written: [], conflicts: [] };
 
 export class StateBuffer {
   private readonly entries = new Map<string, Entry>();
+  /** Oldest first. */
+  private held: HeldBatch[] = [];
   private dirtyUsers = 0;
   private lastFlushMs = performance.now();
   /** Time the last flush kept this thread busy: sending, then taking in the replies. */
@@ -98,6 +117,8 @@ export class StateBuffer {
   /** The flush in flight (sent, not yet confirmed), or the last one. */
   private flushing: Promise<FlushOutcome> | null = null;
   private flushInFlight = false;
+  /** The configured event types, as the columns number them. */
+  private readonly typeNames: readonly string[];
 
   constructor(
     private readonly config: Config,
@@ -105,11 +126,16 @@ export class StateBuffer {
     private readonly cache: EmbeddingCache,
     private readonly metrics: StateMetrics,
     private readonly logger: Logger,
-  ) {}
+  ) {
+    this.typeNames = signalTypes(config.signals).names;
+  }
 
-  /** Applies a batch to the held states, reading the missing ones in one round trip. */
-  apply(events: readonly SequencedEvent[]): Promise<void> {
-    return this.locked(() => this.applyNow(events));
+  /**
+   * Applies a batch of one partition to the held states, reading the missing ones in one round
+   * trip. The columns are kept until a flush covers them: the caller must not change them.
+   */
+  apply(columns: EventColumns, partition: number): Promise<void> {
+    return this.locked(() => this.applyNow({ columns, partition }));
   }
 
   /**
@@ -165,7 +191,10 @@ export class StateBuffer {
     this.flushInFlight = true;
     try {
       const sent = await this.locked(() => this.send(this.takeDirty()));
-      if (sent.states.size === 0) return { users: 0, applied: 0 };
+      if (sent.states.size === 0) {
+        await this.locked(async () => this.release(sent.heldBatches));
+        return { users: 0, applied: 0 };
+      }
 
       const outcome = await this.awaitOutcome(sent);
       return await this.locked(async () => {
@@ -194,8 +223,9 @@ export class StateBuffer {
   private async send(entries: Map<string, Entry>): Promise<SentWrite> {
     const startedMs = performance.now();
     const states = new Map<string, SentState>();
+    const heldBatches = this.held.length;
     if (entries.size === 0) {
-      return { states, outcome: Promise.resolve(NO_WRITES), startedMs, busyMs: 0 };
+      return { states, outcome: Promise.resolve(NO_WRITES), startedMs, busyMs: 0, heldBatches };
     }
 
     await this.solveDuals(entries);
@@ -204,7 +234,7 @@ export class StateBuffer {
       states.set(user, {
         entry,
         revision,
-        events: entry.unconfirmed.length,
+        events: entry.unconfirmed,
         applied: entry.applied,
       });
       entry.dirty = false;
@@ -213,7 +243,7 @@ export class StateBuffer {
 
     const toWrite = new Map([...entries].map(([user, entry]) => [user, entry.state]));
     const outcome = this.store.writeMany(toWrite, this.layout());
-    return { states, outcome, startedMs, busyMs: performance.now() - startedMs };
+    return { states, outcome, startedMs, busyMs: performance.now() - startedMs, heldBatches };
   }
 
   /** A write that failed leaves its states changed, to go out with the next flush. */
@@ -251,28 +281,36 @@ export class StateBuffer {
       outcome = await pending.outcome;
     }
 
+    this.release(sent.heldBatches);
     this.evictClean();
     this.metrics.eventsApplied.inc(applied);
     return { users: sent.states.size, applied };
   }
 
   private markWritten(sent: SentWrite, users: readonly string[]): number {
-    const nowMs = Date.now();
     let applied = 0;
     for (const user of users) {
       const { entry, revision, events, applied: appliedInWrite } = sent.states.get(user)!;
       entry.state.revision = revision + 1;
-      for (let i = 0; i < events; i++) {
-        const { ts } = entry.unconfirmed[i]!.event;
-        this.metrics.freshnessSeconds.observe(Math.max(0, nowMs - ts) / 1_000);
-      }
-      // Usually every event was in the write; keep only those applied after it was sent.
-      entry.unconfirmed =
-        events === entry.unconfirmed.length ? [] : entry.unconfirmed.slice(events);
+      entry.unconfirmed -= events;
       applied += appliedInWrite;
       entry.applied -= appliedInWrite;
     }
     return applied;
+  }
+
+  /**
+   * Redis holds every event of the oldest `count` held batches (a flush sent after them is
+   * confirmed): each one counts in the freshness histogram, and the batches are let go.
+   */
+  private release(count: number): void {
+    const nowMs = Date.now();
+    const released = this.held.splice(0, count);
+    for (const { columns } of released) {
+      for (const ts of columns.ts) {
+        this.metrics.freshnessSeconds.observe(Math.max(0, nowMs - ts) / 1_000);
+      }
+    }
   }
 
   private conflictError(sent: SentWrite, users: readonly string[]): AffinityError {
@@ -282,24 +320,30 @@ export class StateBuffer {
     });
   }
 
-  private async applyNow(events: readonly SequencedEvent[]): Promise<void> {
-    const byUser = groupByUser(events);
-    await this.hold([...byUser.keys()]);
+  private async applyNow(batch: HeldBatch): Promise<void> {
+    const { columns, partition } = batch;
+    const byUser = indicesByUser(columns);
+    await this.hold(columns.userNames);
     const layout = this.layout();
-    const embedding = await this.cache.resolver(itemsOfBatch(events, byUser, this.entries));
+    const eventItems = Array.from(columns.items, (code) => columns.itemNames[code]!);
+    const items = itemsOfBatch(eventItems, columns.userNames, this.entries);
+    const embedding = await this.cache.resolver(items);
     const context = this.updateContext(layout, embedding);
 
-    for (const [user, own] of byUser) {
+    // The events as objects only from here, with no wait left: they die young (see HeldBatch).
+    for (const [user, indices] of byUser) {
       const entry = this.entries.get(user)!;
+      const own = indices.map((i) => eventAt(columns, i, partition, this.typeNames));
       const result = applyEvents(entry.state, own, context);
       this.countApply(result);
-      entry.unconfirmed.push(...own);
+      entry.unconfirmed += own.length;
       entry.applied += result.applied;
       if (result.applied > 0 || result.pendingFolded > 0) this.markDirty(entry);
     }
+    if (columns.users.length > 0) this.held.push(batch);
   }
 
-  private async hold(users: string[]): Promise<void> {
+  private async hold(users: readonly string[]): Promise<void> {
     const missing = users.filter((user) => !this.entries.has(user));
     const checkedMs = performance.now();
     if (missing.length === 0 && checkedMs - this.lastCatalogueCheckMs < CATALOGUE_CHECK_MS) return;
@@ -312,7 +356,7 @@ export class StateBuffer {
     const layout = this.layout();
     for (const [user, fields] of raw) {
       const state = this.decode(user, fields, layout);
-      this.entries.set(user, { state, unconfirmed: [], applied: 0, dirty: false });
+      this.entries.set(user, { state, unconfirmed: 0, applied: 0, dirty: false });
     }
   }
 
@@ -320,7 +364,7 @@ export class StateBuffer {
   private checkDimension(): void {
     const dim = this.cache.meta?.dim ?? -1;
     if (dim === this.layoutDim) return;
-    const unconfirmed = [...this.entries.values()].some((entry) => entry.unconfirmed.length > 0);
+    const unconfirmed = [...this.entries.values()].some((entry) => entry.unconfirmed > 0);
     if (unconfirmed) {
       throw new AffinityError('CATALOGUE_MISMATCH', 'catalogue dimension changed mid-flush', {
         retriable: true,
@@ -331,25 +375,42 @@ export class StateBuffer {
     this.arena = this.newArena(dim);
   }
 
-  /** Re-reads the users whose write lost a race and applies their unconfirmed events again. */
+  /**
+   * Re-reads the users whose write lost a race and applies their events of the held batches
+   * again: every event applied to them since their last confirmed write is there (and perhaps
+   * older ones, which the newer state's offsets skip like the rest it already holds).
+   */
   private async reapply(sent: SentWrite, users: readonly string[]): Promise<Map<string, Entry>> {
     const { raw } = await this.store.readRaw(users);
     const layout = this.layout();
     const entries = new Map(users.map((user) => [user, sent.states.get(user)!.entry]));
-    const byUser = new Map([...entries].map(([user, entry]) => [user, entry.unconfirmed]));
-    const events = [...byUser.values()].flat();
-    const embedding = await this.cache.resolver(itemsOfBatch(events, byUser, new Map()));
+    const byUser = this.heldEventsOf(users);
+    const items = [...byUser.values()].flat().map(({ event }) => event.item);
+    const embedding = await this.cache.resolver(itemsOfBatch(items, byUser.keys(), new Map()));
     const context = this.updateContext(layout, embedding);
 
     for (const [user, entry] of entries) {
       this.arena?.release(entry.state.aggregates.sums);
       entry.state = this.decode(user, raw.get(user)!, layout);
-      entry.applied = applyEvents(entry.state, entry.unconfirmed, context).applied;
+      const own = byUser.get(user)!;
+      entry.unconfirmed = own.length;
+      entry.applied = applyEvents(entry.state, own, context).applied;
       if (entry.dirty) this.dirtyUsers--;
       entry.dirty = true;
       this.dirtyUsers++;
     }
     return entries;
+  }
+
+  /** The held batches' events of each of `users`, in the order they were applied. */
+  private heldEventsOf(users: readonly string[]): Map<string, SequencedEvent[]> {
+    const byUser = new Map(users.map((user) => [user, [] as SequencedEvent[]]));
+    for (const { columns, partition } of this.held) {
+      columns.users.forEach((code, i) => {
+        byUser.get(columns.userNames[code]!)?.push(eventAt(columns, i, partition, this.typeNames));
+      });
+    }
+    return byUser;
   }
 
   /** Re-solves the dual vector of every given state, once each however many events it had. */
@@ -413,7 +474,7 @@ export class StateBuffer {
     let excess = this.entries.size - this.config.stateCacheUsers;
     for (const [user, entry] of this.entries) {
       if (excess <= 0) return;
-      if (entry.dirty || entry.unconfirmed.length > 0) continue;
+      if (entry.dirty || entry.unconfirmed > 0) continue;
       this.entries.delete(user);
       this.arena?.release(entry.state.aggregates.sums);
       excess--;
@@ -440,10 +501,11 @@ export class StateBuffer {
     }
   }
 
-  /** Forgets every held state and gives their sums back to the arena. */
+  /** Forgets every held state and batch, and gives the states' sums back to the arena. */
   private dropAll(): void {
     for (const entry of this.entries.values()) this.arena?.release(entry.state.aggregates.sums);
     this.entries.clear();
+    this.held = [];
   }
 
   /** Room for every state the buffer may hold: the cache's and a flush's worth of changed ones. */
@@ -516,14 +578,11 @@ export function flushIntervalAfter(
   return Math.min(Math.max(config.flushIntervalMs, stretchedMs), capMs);
 }
 
-function groupByUser(events: readonly SequencedEvent[]): Map<string, SequencedEvent[]> {
-  const byUser = new Map<string, SequencedEvent[]>();
-  for (const sequenced of events) {
-    const list = byUser.get(sequenced.event.user);
-    if (list) list.push(sequenced);
-    else byUser.set(sequenced.event.user, [sequenced]);
-  }
-  return byUser;
+/** Where each user's events are in a batch, in order. */
+function indicesByUser(columns: EventColumns): Map<string, number[]> {
+  const lists = columns.userNames.map((): number[] => []);
+  columns.users.forEach((code, i) => lists[code]!.push(i));
+  return new Map(columns.userNames.map((user, code) => [user, lists[code]!]));
 }
 
 /** Items of the held histories, the inputs of the dual solves. */
@@ -535,12 +594,12 @@ function historyItems(entries: Map<string, Entry>): Set<string> {
 
 /** Items of the events (one per event) and of the held users' waiting events. */
 function itemsOfBatch(
-  events: readonly SequencedEvent[],
-  byUser: Map<string, readonly SequencedEvent[]>,
+  eventItems: readonly string[],
+  users: Iterable<string>,
   entries: Map<string, Entry>,
 ): string[] {
-  const items = events.map(({ event }) => event.item);
-  for (const user of byUser.keys()) {
+  const items = eventItems.slice();
+  for (const user of users) {
     for (const waiting of entries.get(user)?.state.pending ?? []) items.push(waiting.item);
   }
   return items;

@@ -102,7 +102,11 @@ test('events cross to the engine as columns and come back as the same events', (
   events.forEach((event, i) => builder.add(event, 100 + 2 * i));
   const { columns, transfer } = builder.build();
 
-  assert.equal(transfer.length, 4);
+  assert.equal(transfer.length, 6);
+  assert.deepEqual(columns.userNames, ['u1', 'ü2', 'u3'], 'each user once, first seen first');
+  assert.deepEqual(columns.itemNames, ['a', 'b', 'c', 'd']);
+  assert.deepEqual([...columns.users], [0, 1, 0, 2, 2]);
+  assert.deepEqual([...columns.items], [0, 1, 2, 0, 3]);
   const decoded = eventsOfColumns(structuredClone(columns), 7, types);
   const expected = events.map((event, i) => ({
     event,

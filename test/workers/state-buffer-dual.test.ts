@@ -14,6 +14,9 @@ import { createLogger } from '../../src/ops/logger.js';
 import { WorkerMetrics, createRegistry } from '../../src/ops/metrics.js';
 import { UserStateStore } from '../../src/state/store.js';
 import type { SequencedEvent } from '../../src/state/user-state.js';
+import type { Config } from '../../src/config/config.js';
+import type { EventColumns } from '../../src/workers/engine-link.js';
+import { ColumnsBuilder, signalTypes } from '../../src/workers/engine-link.js';
 import { StateBuffer } from '../../src/workers/state-buffer.js';
 import { loadCatalogueIntoRedis, randomCatalogue } from '../helpers/fixtures.js';
 import { REDIS_URL, deleteKeys, testConfig } from '../helpers/services.js';
@@ -42,8 +45,8 @@ test('one dual solve per changed user and flush, each one in the dual metrics', 
   // Two batches before one flush, four events per user in each.
   const first = batch(0, 4);
   const second = batch(4, 4);
-  await buffer.apply(first);
-  await buffer.apply(second);
+  await buffer.apply(...columnsOf(first, config));
+  await buffer.apply(...columnsOf(second, config));
   const outcome = await buffer.flush();
   assert.deepEqual(outcome, { users: USERS.length, applied: 2 * 4 * USERS.length });
   assert.deepEqual(await dualCounts(registry), expectedCounts(USERS.length));
@@ -54,13 +57,21 @@ test('one dual solve per changed user and flush, each one in the dual metrics', 
   }
 
   // Redelivered events change nothing and solve nothing; one new event solves one user.
-  await buffer.apply(second);
+  await buffer.apply(...columnsOf(second, config));
   await buffer.flush();
   assert.deepEqual(await dualCounts(registry), expectedCounts(USERS.length));
-  await buffer.apply([{ ...sequenced('ben', 8), position: { partition: 0, offset: 1_000 } }]);
+  const late = [{ ...sequenced('ben', 8), position: { partition: 0, offset: 1_000 } }];
+  await buffer.apply(...columnsOf(late, config));
   await buffer.flush();
   assert.deepEqual(await dualCounts(registry), expectedCounts(USERS.length + 1));
 });
+
+/** Events of partition 0 as the engine receives them. */
+function columnsOf(events: readonly SequencedEvent[], config: Config): [EventColumns, number] {
+  const builder = new ColumnsBuilder(events.length, signalTypes(config.signals).index);
+  for (const { event, position } of events) builder.add(event, position!.offset);
+  return [builder.build().columns, 0];
+}
 
 function counters() {
   return { hit: () => {}, miss: () => {} };

@@ -1,0 +1,128 @@
+/**
+ * A write that lost a race: a consumer that took the partition over (B) wrote a user in between,
+ * so the old owner's (A's) next write of that user finds a newer revision. A must read the user
+ * again and apply once more every event it applied since its last confirmed write, the newer
+ * state skipping those it already holds by their offsets. The states Redis ends with must equal
+ * one plain pass over the events, each applied once, whichever consumer applied it.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { Redis } from 'ioredis';
+import type { Config } from '../../src/config/config.js';
+import { EmbeddingCache } from '../../src/items/cache.js';
+import { ItemStore } from '../../src/items/store.js';
+import { createLogger } from '../../src/ops/logger.js';
+import { WorkerMetrics, createRegistry } from '../../src/ops/metrics.js';
+import { UserStateStore } from '../../src/state/store.js';
+import type { SequencedEvent, UserState } from '../../src/state/user-state.js';
+import { applyEvents, emptyUserState } from '../../src/state/user-state.js';
+import type { EventColumns } from '../../src/workers/engine-link.js';
+import { ColumnsBuilder, signalTypes } from '../../src/workers/engine-link.js';
+import { StateBuffer } from '../../src/workers/state-buffer.js';
+import { defer } from '../helpers/cleanup.js';
+import { loadCatalogueIntoRedis, randomCatalogue } from '../helpers/fixtures.js';
+import { REDIS_URL, deleteKeys, testConfig } from '../helpers/services.js';
+
+const DIM = 6;
+const USERS = ['ann', 'ben'];
+/** Sums are float32: the same additions in the same order, so equal to well within this. */
+const SUM_TOLERANCE = 1e-6;
+
+test('a write that lost a race is redone on the newer state, every event applied once', async (t) => {
+  const config = testConfig({ AFFINITY_DUAL_ENABLED: 'false' });
+  defer(t, () => deleteKeys(config.keyPrefix));
+  const catalogue = randomCatalogue(20, DIM, 5);
+  await loadCatalogueIntoRedis(config, catalogue);
+  const redis = new Redis(REDIS_URL);
+  defer(t, () => redis.quit());
+  const a = consumer(config, redis);
+  const b = consumer(config, redis);
+
+  // Offsets 0-19, the users taking turns. A applies and writes 0-9, then applies 10-19 without
+  // writing them.
+  await a.buffer.apply(...columnsOf(events(0, 10), config));
+  await a.buffer.flush();
+  await a.buffer.apply(...columnsOf(events(10, 10), config));
+  // B takes over from offset 5 (A's commit lagged): 5-9 are skipped, 10-14 applied, written.
+  await b.buffer.apply(...columnsOf(events(5, 10), config));
+  await b.buffer.flush();
+  // A's write of 10-19 finds B's revision: it reads B's state and applies 15-19 on top.
+  const outcome = await a.buffer.flush();
+
+  assert.deepEqual(outcome, { users: USERS.length, applied: 5 }, 'offsets 15-19 applied again');
+  assert.equal(await counter(a.metrics, 'stateConflicts'), USERS.length);
+  const applied =
+    (await counter(a.metrics, 'eventsApplied')) + (await counter(b.metrics, 'eventsApplied'));
+  assert.equal(applied, 20, 'each event applied once over both consumers');
+  assert.equal(await counter(a.metrics, 'freshness'), 20, "each of A's events in freshness once");
+
+  const layout = { dim: DIM, halfLivesMs: config.halfLivesMs };
+  const stored = await a.store.loadMany(USERS, layout);
+  for (const user of USERS) {
+    const expected = emptyUserState(layout);
+    const own = events(0, 20).filter(({ event }) => event.user === user);
+    applyEvents(expected, own, {
+      signals: config.signals,
+      layout,
+      historyMaxEvents: config.historyMaxEvents,
+      pendingMaxEvents: config.pendingMaxEvents,
+      embedding: (item) => catalogue.get(item),
+    });
+    assertSameState(stored.get(user)!, expected, user);
+  }
+});
+
+function consumer(config: Config, redis: Redis) {
+  const keys = { prefix: config.keyPrefix };
+  const counters = { hit: () => {}, miss: () => {} };
+  const cache = new EmbeddingCache(new ItemStore(redis, keys), 1000, counters, false);
+  const metrics = new WorkerMetrics(createRegistry(false));
+  const store = new UserStateStore(redis, keys, 0);
+  const buffer = new StateBuffer(config, store, cache, metrics, createLogger('silent'));
+  return { buffer, store, metrics };
+}
+
+/** `count` offsets from `start` of partition 0, users taking turns, a minute apart. */
+function events(start: number, count: number): SequencedEvent[] {
+  const types = ['click', 'like', 'dislike', 'purchase', 'skip'];
+  return Array.from({ length: count }, (_, k) => {
+    const n = start + k;
+    const event = {
+      user: USERS[n % USERS.length]!,
+      item: `i${(n * 7) % 20}`,
+      ts: 1_700_000_000_000 + n * 60_000,
+      type: types[n % types.length]!,
+    };
+    return { event, position: { partition: 0, offset: n } };
+  });
+}
+
+function columnsOf(batch: readonly SequencedEvent[], config: Config): [EventColumns, number] {
+  const builder = new ColumnsBuilder(batch.length, signalTypes(config.signals).index);
+  for (const { event, position } of batch) builder.add(event, position!.offset);
+  return [builder.build().columns, 0];
+}
+
+async function counter(
+  metrics: WorkerMetrics,
+  name: 'stateConflicts' | 'eventsApplied' | 'freshness',
+): Promise<number> {
+  if (name === 'freshness') {
+    const { values } = await metrics.freshnessSeconds.get();
+    return values.find((sample) => sample.metricName?.endsWith('_count'))?.value ?? 0;
+  }
+  const { values } = await metrics[name].get();
+  return values.reduce((sum, sample) => sum + sample.value, 0);
+}
+
+function assertSameState(actual: UserState, expected: UserState, user: string): void {
+  assert.equal(actual.eventCount, expected.eventCount, `${user}: events`);
+  assert.deepEqual(actual.history, expected.history, `${user}: history`);
+  assert.deepEqual([...actual.offsets], [...expected.offsets], `${user}: offsets`);
+  assert.equal(actual.aggregates.anchorMs, expected.aggregates.anchorMs, `${user}: anchor`);
+  assert.deepEqual([...actual.aggregates.weights], [...expected.aggregates.weights], user);
+  const { sums } = expected.aggregates;
+  actual.aggregates.sums.forEach((value, i) => {
+    assert.ok(Math.abs(value - sums[i]!) <= SUM_TOLERANCE, `${user}: sum ${i}`);
+  });
+}
