@@ -8,6 +8,7 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { test } from 'node:test';
+import type { TestContext } from 'node:test';
 import { Redis } from 'ioredis';
 import { AffinityError } from '../../src/errors.js';
 import { DEFAULT_SIGNALS_SPEC, parseSignals } from '../../src/events/types.js';
@@ -72,13 +73,18 @@ test('a write queued while connecting holds the state as it was at the call', as
   await connected;
 });
 
-test('a write after Redis lost the swap script fails retriably, and the next one lands', async (t) => {
+/** A store on a fresh key prefix, and a state of one event for user `u`; both go afterwards. */
+function storeWithState(t: TestContext) {
   const { keyPrefix } = testConfig();
   defer(t, () => deleteKeys(keyPrefix));
   const redis = new Redis(REDIS_URL);
   defer(t, () => redis.quit());
   const store = new UserStateStore(redis, { prefix: keyPrefix }, 0);
-  const state = stateWithOneEvent();
+  return { keyPrefix, redis, store, state: stateWithOneEvent() };
+}
+
+test('a write after Redis lost the swap script fails retriably, and the next one lands', async (t) => {
+  const { redis, store, state } = storeWithState(t);
   assert.deepEqual((await store.writeMany(new Map([['u', state]]), layout)).written, ['u']);
   state.revision += 1;
 
@@ -98,12 +104,7 @@ test('a history sent as an edit lands as its JSON, and one Redis holds otherwise
   // encodeStateWrite); the script builds the JSON from the stored bytes. A stored history of
   // another length than the edit expects (written behind this writer's back at the same
   // revision) must be refused as a lost race, not edited into a wrong one.
-  const { keyPrefix } = testConfig();
-  defer(t, () => deleteKeys(keyPrefix));
-  const redis = new Redis(REDIS_URL);
-  defer(t, () => redis.quit());
-  const store = new UserStateStore(redis, { prefix: keyPrefix }, 0);
-  const state = stateWithOneEvent();
+  const { keyPrefix, redis, store, state } = storeWithState(t);
   const key = userStateKey({ prefix: keyPrefix }, 'u');
   const apply = (ts: number, item: string) =>
     applyEvents(state, [{ event: { user: 'u', item, ts, type: 'click' } }], {
