@@ -30,7 +30,7 @@ import { loadConfig } from '../src/config/config.js';
 import { ItemStore } from '../src/items/store.js';
 import { createLogger } from '../src/ops/logger.js';
 import { WorkerMetrics, createRegistry } from '../src/ops/metrics.js';
-import { AffinityWorker, consumerTimings } from '../src/workers/events-worker.js';
+import { AffinityWorker, eventsConsumerSettings } from '../src/workers/events-worker.js';
 
 interface Options {
   json: boolean;
@@ -133,12 +133,7 @@ async function measureBare(
 ): Promise<RunFigures> {
   // The worker's own fetch settings, so that both read the topic in batches of one size.
   const config = benchConfig(topic, groupId, false);
-  const consumer = kafka.consumer({
-    ...consumerTimings(config),
-    groupId,
-    maxBytesPerPartition: config.fetchMaxBytesPerPartition,
-    maxBytes: Math.max(10_485_760, 2 * config.fetchMaxBytesPerPartition),
-  });
+  const consumer = kafka.consumer({ ...eventsConsumerSettings(config), groupId });
   let consumed = 0;
   await consumer.connect();
   await consumer.subscribe({ topic, fromBeginning: true });

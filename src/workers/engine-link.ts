@@ -6,10 +6,9 @@
  * the fetches and the JSON no longer wait for the apply, nor the apply for them.
  *
  * A batch's valid events cross as columns (engine-link's EventColumns): the batch's distinct
- * users and items, and typed arrays (transferred) of what each event has, rather than
- * thousands of small objects to clone. The
- * engine answers each batch once it is applied, and reports each confirmed flush with the Kafka
- * positions it covers, which the main thread then commits. Metrics and log lines recorded on the
+ * users and items, and typed arrays (transferred) of what each event has, rather than thousands
+ * of small objects to clone. The engine answers each batch once it is applied, and reports each
+ * confirmed flush with the Kafka positions it covers, which the main thread then commits. Metrics and log lines recorded on the
  * engine ride along with its messages and are replayed on the main thread's registry and
  * logger, so /metrics and the logs look as they would with one thread.
  */
@@ -190,18 +189,7 @@ class Dictionary {
   }
 }
 
-/** The engine's side: the events again, in their order, with their positions. */
-export function eventsOfColumns(
-  columns: EventColumns,
-  partition: number,
-  typeNames: readonly string[],
-): SequencedEvent[] {
-  const events: SequencedEvent[] = new Array<SequencedEvent>(columns.users.length);
-  for (let i = 0; i < events.length; i++) events[i] = eventAt(columns, i, partition, typeNames);
-  return events;
-}
-
-/** Event `i` of the columns. */
+/** The engine's side: event `i` of the columns again, with its position. */
 export function eventAt(
   columns: EventColumns,
   i: number,

@@ -81,10 +81,8 @@ export class AffinityWorker {
       createPartitioner: Partitioners.DefaultPartitioner,
     });
     this.eventsConsumer = this.kafka.consumer({
-      ...consumerTimings(config),
+      ...eventsConsumerSettings(config),
       groupId: config.groupId,
-      maxBytesPerPartition: config.fetchMaxBytesPerPartition,
-      maxBytes: Math.max(10_485_760, 2 * config.fetchMaxBytesPerPartition),
     });
     this.itemsConsumer = this.kafka.consumer({
       ...consumerTimings(config),
@@ -445,5 +443,14 @@ export function consumerTimings(config: Config) {
     sessionTimeout,
     heartbeatInterval: Math.floor(sessionTimeout / 3),
     maxWaitTimeInMs: Math.min(100, Math.floor(sessionTimeout / 10)),
+  };
+}
+
+/** How the events consumer fetches: its timings and AFFINITY_FETCH_MAX_BYTES_PER_PARTITION. */
+export function eventsConsumerSettings(config: Config) {
+  return {
+    ...consumerTimings(config),
+    maxBytesPerPartition: config.fetchMaxBytesPerPartition,
+    maxBytes: Math.max(10_485_760, 2 * config.fetchMaxBytesPerPartition),
   };
 }

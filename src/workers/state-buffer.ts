@@ -17,8 +17,8 @@
  * the newer state are skipped by their offsets, so nothing is applied twice. Those events are
  * kept as the columns of their batches (HeldBatch), not as objects per event: a backlog's flush
  * interval holds hundreds of thousands of them, and as three objects each they outlived the
- * young generation and made most of the engine's old-generation marking. Kept as objects, the
- * worker read 13 to 42 % fewer events per second (docs/benchmarks.md, 2026-12-04 05:50).
+ * young generation and made most of the engine's old-generation marking (4.4 s of concurrent
+ * marking per million events, 1.3 s as columns; docs/benchmarks.md, round of 2026-12-04 05:00).
  */
 import { performance } from 'node:perf_hooks';
 import type { Config } from '../config/config.js';
@@ -325,8 +325,8 @@ export class StateBuffer {
     const byUser = indicesByUser(columns);
     await this.hold(columns.userNames);
     const layout = this.layout();
-    const eventItems = Array.from(columns.items, (code) => columns.itemNames[code]!);
-    const items = itemsOfBatch(eventItems, columns.userNames, this.entries);
+    const items = Array.from(columns.items, (code) => columns.itemNames[code]!);
+    addWaitingItems(items, columns.userNames, this.entries);
     const embedding = await this.cache.resolver(items);
     const context = this.updateContext(layout, embedding);
 
@@ -386,7 +386,7 @@ export class StateBuffer {
     const entries = new Map(users.map((user) => [user, sent.states.get(user)!.entry]));
     const byUser = this.heldEventsOf(users);
     const items = [...byUser.values()].flat().map(({ event }) => event.item);
-    const embedding = await this.cache.resolver(itemsOfBatch(items, byUser.keys(), new Map()));
+    const embedding = await this.cache.resolver(items);
     const context = this.updateContext(layout, embedding);
 
     for (const [user, entry] of entries) {
@@ -592,15 +592,13 @@ function historyItems(entries: Map<string, Entry>): Set<string> {
   return items;
 }
 
-/** Items of the events (one per event) and of the held users' waiting events. */
-function itemsOfBatch(
-  eventItems: readonly string[],
-  users: Iterable<string>,
+/** Adds to a batch's items (one per event) those of the held users' waiting events. */
+function addWaitingItems(
+  items: string[],
+  users: readonly string[],
   entries: Map<string, Entry>,
-): string[] {
-  const items = eventItems.slice();
+): void {
   for (const user of users) {
     for (const waiting of entries.get(user)?.state.pending ?? []) items.push(waiting.item);
   }
-  return items;
 }

@@ -14,7 +14,7 @@ import {
   ColumnsBuilder,
   MetricRecorder,
   applyMetricDelta,
-  eventsOfColumns,
+  eventAt,
   isPassing,
   relayLogLine,
 } from '../../src/workers/engine-link.js';
@@ -107,7 +107,8 @@ test('events cross to the engine as columns and come back as the same events', (
   assert.deepEqual(columns.itemNames, ['a', 'b', 'c', 'd']);
   assert.deepEqual([...columns.users], [0, 1, 0, 2, 2]);
   assert.deepEqual([...columns.items], [0, 1, 2, 0, 3]);
-  const decoded = eventsOfColumns(structuredClone(columns), 7, types);
+  const crossed = structuredClone(columns);
+  const decoded = events.map((_, i) => eventAt(crossed, i, 7, types));
   const expected = events.map((event, i) => ({
     event,
     position: { partition: 7, offset: 100 + 2 * i },
