@@ -82,12 +82,13 @@ export class EmbeddingCache {
   }
 
   /**
-   * The worker's look-up for one batch: `items` holds each event's item, repeats included. The
-   * ones not cached are fetched in one round trip; the returned function then answers for every
-   * item of the list, and stays valid until the next call of this method or of `lookup` (entries
-   * are evicted at the start of a call, never during one). Cheaper than `lookup` for a batch:
-   * one map probe per event, and no set or map of the batch's items to build. Hits count one per
-   * event found in process, misses one per distinct item fetched.
+   * The worker's look-up for one batch: `items` holds the batch's items (the worker lists each
+   * once, then those of its users' waiting events; repeats are allowed). The ones not cached
+   * are fetched in one round trip; the returned function then answers for every item of the
+   * list, and stays valid until the next call of this method or of `lookup` (entries are
+   * evicted at the start of a call, never during one). Cheaper than `lookup`: one map probe per
+   * listed item, and no set or map of them to build. Hits count one per listed item found in
+   * process, misses one per distinct item fetched.
    */
   async resolver(items: readonly string[]): Promise<(item: string) => Float32Array | undefined> {
     this.evictExcess();

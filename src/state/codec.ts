@@ -12,6 +12,8 @@ import { POLARITIES, slotIndex } from '../features/aggregate.js';
 import type { HistoryEntry, PendingEntry, UserState } from './user-state.js';
 import { STATE_FORMAT_VERSION, compareHistory, emptyUserState } from './user-state.js';
 import { decodeFloat32LE, decodeFloat64LE, littleEndianView } from '../encoding/float32.js';
+import type { JsonBytes } from './history-json.js';
+import { HistoryJsonWriter } from './history-json.js';
 
 export type StateFields = Record<string, Buffer>;
 
@@ -24,6 +26,8 @@ export type EncodedFields = (string | Uint8Array)[];
 
 /** States written before the deferred decay scales existed; read as if every scale were 1. */
 const READABLE_FORMAT_VERSIONS = new Set(['1', String(STATE_FORMAT_VERSION)]);
+/** Memory a writer made for one encoding takes at a time (a 200-entry history is about 9 KB). */
+const ONE_OFF_BLOCK_BYTES = 16_384;
 
 /**
  * Encodes the whole state as field, value, field, value..., with `revision` as its revision
@@ -37,7 +41,8 @@ export function encodeUserState(
   revision = state.revision,
 ): EncodedFields {
   const fields = encodeAllButHistory(state, layout, revision);
-  fields.push('hist', encodeHistory(state.history, undefined).json!);
+  const writer = new HistoryJsonWriter(ONE_OFF_BLOCK_BYTES);
+  fields.push('hist', encodeHistory(state.history, undefined, writer).json!);
   return fields;
 }
 
@@ -56,12 +61,14 @@ export interface StateWrite {
  */
 export interface HistoryEdit {
   readonly baseBytes: number;
-  readonly segments: readonly string[];
+  /** Offsets as decimal strings, texts as UTF-8 bytes. */
+  readonly segments: readonly (string | JsonBytes)[];
 }
 
 /**
  * The write of `state` as `revision`, its history sent as an edit of the one Redis holds when
- * this process wrote that one (at the revision the write expects) and some of it is kept.
+ * this process wrote that one (at the revision the write expects) and some of it is kept. The
+ * history's bytes are written by `writer` (history-json.ts) and valid until its next reset.
  *
  * A history changes little between two writes (a few entries in, as many oldest ones out), yet
  * its JSON is half of a state's bytes: about 10 KB with 200 entries. Rewriting it took most of a
@@ -75,11 +82,12 @@ export function encodeStateWrite(
   state: UserState,
   layout: AggregateLayout,
   revision: number,
+  writer = new HistoryJsonWriter(ONE_OFF_BLOCK_BYTES),
 ): StateWrite {
   const fields = encodeAllButHistory(state, layout, revision);
   const written = writtenHistories.get(state);
   const base = written?.find((encoding) => encoding.revision === state.revision);
-  const encoded = encodeHistory(state.history, base);
+  const encoded = encodeHistory(state.history, base, writer);
   // Kept: what Redis holds now (the base) and what this write makes, for the write after it.
   const { entries, starts, byteLength } = encoded;
   const made = { revision, entries, starts, byteLength };
@@ -138,7 +146,7 @@ function encodeDual(dual: NonNullable<UserState['dual']>, fields: EncodedFields)
 /**
  * The history's JSON as a write left it in Redis: which entries, where each one's text starts
  * (in bytes), and the whole length. The JSON is `[` + the entries' texts joined by `,` + `]`,
- * exactly JSON.stringify of the history (entryJson). Entries are never mutated, so an entry of
+ * exactly JSON.stringify of the history (history-json.ts). Entries are never mutated, so an entry of
  * the state that is the very object of an earlier encoding has the same text.
  */
 interface WrittenHistory {
@@ -157,9 +165,9 @@ interface EncodedHistory {
   readonly starts: readonly number[];
   readonly byteLength: number;
   /** The whole JSON, when no entry of the base is kept (or there is no base). */
-  readonly json: string | null;
+  readonly json: JsonBytes | null;
   /** Otherwise the edit of the base's JSON, as HistoryEdit's segments. */
-  readonly segments: readonly string[];
+  readonly segments: readonly (string | JsonBytes)[];
 }
 
 /**
@@ -170,8 +178,9 @@ interface EncodedHistory {
 function encodeHistory(
   history: readonly HistoryEntry[],
   base: WrittenHistory | undefined,
+  writer: HistoryJsonWriter,
 ): EncodedHistory {
-  const edit = new HistoryEditBuilder(base);
+  const edit = new HistoryEditBuilder(base, writer);
   const starts = new Array<number>(history.length);
   const entries = base?.entries ?? [];
   let at = 1;
@@ -183,28 +192,30 @@ function encodeHistory(
     }
     starts[i] = at;
     if (entries[j] === entry) at += edit.kept(i, j++) + 1;
-    else at += edit.added(i, entryJson(entry)) + 1;
+    else at += edit.added(i, entry) + 1;
   }
   const byteLength = Math.max(2, at);
   return { entries: history.slice(), starts, byteLength, ...edit.finish() };
 }
 
 /**
- * Any character but printable ASCII (JSON text holds no raw control character): a text without
- * one has as many UTF-8 bytes as characters, and the test is cheaper than counting them.
+ * Collects the segments of a history edit, merging neighbouring texts and ranges. A text is
+ * one piece of the writer's, open from its first byte until a range or the end closes it.
  */
-const NON_ASCII = /[^ -~]/;
-
-/** Collects the segments of a history edit, merging neighbouring texts and ranges. */
 class HistoryEditBuilder {
-  private readonly segments: string[] = [];
-  private text = '[';
+  private readonly segments: (string | JsonBytes)[] = [];
+  private textOpen = false;
   private rangeFrom = -1;
   private rangeTo = -1;
   private lastKept = -2;
   private keptAny = false;
 
-  constructor(private readonly base: WrittenHistory | undefined) {}
+  constructor(
+    private readonly base: WrittenHistory | undefined,
+    private readonly writer: HistoryJsonWriter,
+  ) {
+    this.text('[');
+  }
 
   /** Entry `i` of the new history is entry `j` of the base; returns its text's bytes. */
   kept(i: number, j: number): number {
@@ -215,7 +226,7 @@ class HistoryEditBuilder {
     if (j === this.lastKept + 1 && this.rangeFrom >= 0) this.rangeTo = to;
     else {
       this.flushRange();
-      if (i > 0) this.text += ',';
+      if (i > 0) this.text(',');
       this.flushText();
       this.rangeFrom = from;
       this.rangeTo = to;
@@ -225,19 +236,31 @@ class HistoryEditBuilder {
   }
 
   /** Entry `i` of the new history is new; returns its text's bytes. */
-  added(i: number, text: string): number {
+  added(i: number, entry: HistoryEntry): number {
     this.flushRange();
     this.lastKept = -2;
-    this.text += i > 0 ? `,${text}` : text;
-    return NON_ASCII.test(text) ? Buffer.byteLength(text) : text.length;
+    if (i > 0) this.text(',');
+    this.openText();
+    return this.writer.entry(entry);
   }
 
-  finish(): { json: string | null; segments: string[] } {
+  finish(): { json: JsonBytes | null; segments: (string | JsonBytes)[] } {
     this.flushRange();
-    this.text += ']';
-    if (!this.keptAny) return { json: this.text, segments: [] };
+    this.text(']');
+    if (!this.keptAny) return { json: this.writer.end(), segments: [] };
     this.flushText();
     return { json: null, segments: this.segments };
+  }
+
+  private text(ascii: string): void {
+    this.openText();
+    this.writer.ascii(ascii);
+  }
+
+  private openText(): void {
+    if (this.textOpen) return;
+    this.writer.begin();
+    this.textOpen = true;
   }
 
   private flushRange(): void {
@@ -247,41 +270,10 @@ class HistoryEditBuilder {
   }
 
   private flushText(): void {
-    if (this.text === '') return;
-    this.segments.push('-1', this.text);
-    this.text = '';
+    if (!this.textOpen) return;
+    this.segments.push('-1', this.writer.end());
+    this.textOpen = false;
   }
-}
-
-/**
- * JSON.stringify(entry) for the entries the history makes (historyEntry: item, ts, type, then
- * value and id when present), about four times faster: V8 formats an integer above 2^31 through
- * its double-to-string path, so the timestamp goes out as two small integers. Any other shape
- * goes to JSON.stringify itself.
- */
-export function entryJson(entry: HistoryEntry): string {
-  const { item, ts, type, value, id } = entry;
-  if (!Number.isSafeInteger(ts) || ts < 1e9 || !isHistoryShape(entry)) return JSON.stringify(entry);
-  const high = Math.floor(ts / 1e6);
-  const low = ts - high * 1e6;
-  let text = `{"item":${JSON.stringify(item)},"ts":${high}${String(low).padStart(6, '0')}`;
-  text += `,"type":${JSON.stringify(type)}`;
-  if (value !== undefined) text += `,"value":${JSON.stringify(value)}`;
-  if (id !== undefined) text += `,"id":${JSON.stringify(id)}`;
-  return text + '}';
-}
-
-const HISTORY_KEYS = ['item', 'ts', 'type', 'value', 'id'];
-
-/** Keys in historyEntry's order, no others (decoded entries keep whatever the JSON had). */
-function isHistoryShape(entry: HistoryEntry): boolean {
-  let next = 0;
-  for (const key in entry) {
-    while (next < HISTORY_KEYS.length && HISTORY_KEYS[next] !== key) next++;
-    if (next === HISTORY_KEYS.length) return false;
-    next++;
-  }
-  return true;
 }
 
 /**

@@ -27,6 +27,7 @@ import type { Redis } from 'ioredis';
 import { AffinityError } from '../errors.js';
 import type { AggregateLayout } from '../features/aggregate.js';
 import { decodeUserState, encodeStateWrite } from './codec.js';
+import { HistoryJsonWriter } from './history-json.js';
 import type { StateFields } from './codec.js';
 import type { KeySpace } from './keys.js';
 import { catalogMetaKey, userStagingKey, userStateKey } from './keys.js';
@@ -101,6 +102,8 @@ export class UserStateStore {
   private readonly writerId = randomUUID().slice(0, 12);
   private scriptLoading = false;
   private readonly spareBuffers = new SpareBuffers(SPARE_BUFFER_BYTES);
+  /** The histories' JSON of the chunk being encoded (history-json.ts), reused by the next. */
+  private readonly historyWriter = new HistoryJsonWriter();
 
   /**
    * `writer` carries the writes, `redis` everything else. The worker gives them separate
@@ -202,13 +205,21 @@ export class UserStateStore {
     layout: AggregateLayout,
   ): Promise<[Error | null, unknown][]> {
     const encoder = new RespEncoder();
+    // The chunk before this one was copied into its buffer (toCommands) before it yielded.
+    this.historyWriter.reset();
     const idleTtlMs = String(this.idleTtlMs);
     for (const user of users) {
       const state = states.get(user)!;
       const key = userStateKey(this.keys, user);
       const staging = userStagingKey(this.keys, user, this.writerId);
       const revision = String(state.revision);
-      const { fields, historyEdit } = encodeStateWrite(state, layout, state.revision + 1);
+      const revisionWritten = state.revision + 1;
+      const { fields, historyEdit } = encodeStateWrite(
+        state,
+        layout,
+        revisionWritten,
+        this.historyWriter,
+      );
       encoder.add(['HSET', staging, ...fields]);
       encoder.add(['PEXPIRE', staging, STAGING_TTL_MS]);
       if (historyEdit === null) {

@@ -53,6 +53,11 @@ export interface SequencedEvent {
   readonly event: InteractionEvent;
   /** Where the event came from; absent offline, where nothing is redelivered. */
   readonly position?: { readonly partition: number; readonly offset: number };
+  /**
+   * The item's embedding when the caller looked it up already (null: the item has none); when
+   * absent, the context's look-up answers. The worker looks up each item of a batch once.
+   */
+  readonly embedding?: Float32Array | null;
 }
 
 export interface UpdateContext {
@@ -109,7 +114,7 @@ export function applyEvents(
       markPosition(state, sequenced);
       continue;
     }
-    applyOne(state, sequenced.event, context, result);
+    applyOne(state, sequenced, context, result);
     markPosition(state, sequenced);
   }
 
@@ -138,16 +143,18 @@ function markPosition(state: UserState, sequenced: SequencedEvent): void {
 
 function applyOne(
   state: UserState,
-  event: InteractionEvent,
+  sequenced: SequencedEvent,
   context: UpdateContext,
   result: ApplyResult,
 ): void {
+  const { event } = sequenced;
   const spec = context.signals.get(event.type);
   if (!spec) throw new Error(`event type "${event.type}" is not configured`);
   const weight = spec.weight * (event.value ?? 1);
 
   advanceAnchor(state.aggregates, context.layout, event.ts);
-  const embedding = context.embedding(event.item);
+  const given = sequenced.embedding;
+  const embedding = given === undefined ? context.embedding(event.item) : (given ?? undefined);
   if (embedding) {
     addToAggregates(state.aggregates, context.layout, spec.polarity, weight, event.ts, embedding);
   } else {

@@ -189,12 +189,16 @@ class Dictionary {
   }
 }
 
-/** The engine's side: event `i` of the columns again, with its position. */
+/**
+ * The engine's side: event `i` of the columns again, with its position, and its item's
+ * embedding when `embeddings` gives those of the batch's items (by item code).
+ */
 export function eventAt(
   columns: EventColumns,
   i: number,
   partition: number,
   typeNames: readonly string[],
+  embeddings?: readonly (Float32Array | null)[],
 ): SequencedEvent {
   const value = columns.values[i]!;
   const event = eventOf(
@@ -206,7 +210,9 @@ export function eventAt(
     Number.isNaN(value) ? undefined : value,
     columns.ids?.[i] ?? undefined,
   );
-  return { event, position: { partition, offset: columns.offsets[i]! } };
+  const position = { partition, offset: columns.offsets[i]! };
+  if (!embeddings) return { event, position };
+  return { event, position, embedding: embeddings[columns.items[i]!]! };
 }
 
 /** Connection failures as Node reports them (`err.code`). */

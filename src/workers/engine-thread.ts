@@ -54,6 +54,7 @@ class Engine {
   private flushTimer: NodeJS.Timeout | null = null;
   private metricsTimer: NodeJS.Timeout | null = null;
   private failed = false;
+  private stopped = false;
 
   constructor(
     private readonly config: Config,
@@ -133,6 +134,9 @@ class Engine {
   /**
    * Starts a flush when one is due, without waiting for Redis to confirm it: the next batches
    * are applied meanwhile. Only when too many changed states wait does it wait (backpressure).
+   * Once it is confirmed, the next flush starts at once if one is due by then: a flush is not
+   * started while another is in flight, and what became due meanwhile (the end of a backlog,
+   * typically) would otherwise wait for the next tick, up to half the flush interval.
    */
   private async flushIfDue(): Promise<void> {
     const caughtUp = this.lagging.size === 0;
@@ -140,9 +144,12 @@ class Engine {
     const flushed = this.flushAndReport();
     if (this.buffer.overfull) await flushed;
     else
-      flushed.catch((err: unknown) => {
-        this.logger.warn({ err }, 'flush failed; the next flush writes the same states again');
-      });
+      flushed.then(
+        () => this.flushOnTick(),
+        (err: unknown) => {
+          this.logger.warn({ err }, 'flush failed; the next flush writes the same states again');
+        },
+      );
   }
 
   /**
@@ -161,6 +168,7 @@ class Engine {
 
   /** The timer's flush: between batches, so that a quiet stream is written too. */
   private flushOnTick(): Promise<void> {
+    if (this.stopped || this.failed) return Promise.resolve();
     return this.flushIfDue().catch((err: unknown) => {
       this.logger.warn({ err }, 'timed flush failed; the next batch or tick retries');
     });
@@ -193,6 +201,7 @@ class Engine {
   }
 
   private async stop(seq: number): Promise<void> {
+    this.stopped = true;
     this.stopTimers();
     let error = null;
     try {

@@ -97,6 +97,13 @@ const MAX_ARENA_BYTES = 2 ** 30;
  */
 const CATALOGUE_CHECK_MS = 250;
 const NO_WRITES: WriteOutcome = { written: [], conflicts: [] };
+/**
+ * What a flush costs this thread per user before one has been measured: 0.048 ms at d = 384
+ * with method 1 alone (5,000 users in 239 ms, docs/benchmarks.md, round of 2026-12-04 07:00).
+ * Without it the first flush of a backlog counted as free and went out on the plain interval,
+ * writing every user for a handful of events each.
+ */
+const FIRST_FLUSH_BUSY_MS_PER_USER = 0.05;
 
 export class StateBuffer {
   private readonly entries = new Map<string, Entry>();
@@ -104,8 +111,12 @@ export class StateBuffer {
   private held: HeldBatch[] = [];
   private dirtyUsers = 0;
   private lastFlushMs = performance.now();
-  /** Time the last flush kept this thread busy: sending, then taking in the replies. */
-  private lastFlushBusyMs = 0;
+  /**
+   * Time a flush keeps this thread busy (sending, then taking in the replies) per user it
+   * writes, as the last flush measured it; before the first, a figure measured on the
+   * development machine (FIRST_FLUSH_BUSY_MS_PER_USER).
+   */
+  private flushBusyMsPerUser = FIRST_FLUSH_BUSY_MS_PER_USER;
   private lastCatalogueCheckMs = -Infinity;
   private layoutDim = -1;
   /** The held states' sums (features/row-arena.ts), for the current dimension; null without. */
@@ -149,7 +160,8 @@ export class StateBuffer {
     if (this.flushInFlight) return false;
     if (this.overfull) return true;
     if (this.dirtyUsers === 0 && !uncommittedOffsets) return false;
-    const intervalMs = flushIntervalAfter(this.lastFlushBusyMs, this.config, caughtUp);
+    const expectedBusyMs = this.dirtyUsers * this.flushBusyMsPerUser;
+    const intervalMs = flushIntervalAfter(expectedBusyMs, this.config, caughtUp);
     return performance.now() - this.lastFlushMs >= intervalMs;
   }
 
@@ -200,7 +212,8 @@ export class StateBuffer {
       return await this.locked(async () => {
         const startedMs = performance.now();
         const confirmed = await this.confirm(sent, outcome);
-        this.lastFlushBusyMs = sent.busyMs + (performance.now() - startedMs);
+        const busyMs = sent.busyMs + (performance.now() - startedMs);
+        this.flushBusyMsPerUser = busyMs / sent.states.size;
         return confirmed;
       });
     } finally {
@@ -325,15 +338,17 @@ export class StateBuffer {
     const byUser = indicesByUser(columns);
     await this.hold(columns.userNames);
     const layout = this.layout();
-    const items = Array.from(columns.items, (code) => columns.itemNames[code]!);
+    // Each of the batch's items once (the columns name each once), then the waiting ones.
+    const items = [...columns.itemNames];
     addWaitingItems(items, columns.userNames, this.entries);
     const embedding = await this.cache.resolver(items);
     const context = this.updateContext(layout, embedding);
+    const embeddings = columns.itemNames.map((item) => embedding(item) ?? null);
 
     // The events as objects only from here, with no wait left: they die young (see HeldBatch).
     for (const [user, indices] of byUser) {
       const entry = this.entries.get(user)!;
-      const own = indices.map((i) => eventAt(columns, i, partition, this.typeNames));
+      const own = indices.map((i) => eventAt(columns, i, partition, this.typeNames, embeddings));
       const result = applyEvents(entry.state, own, context);
       this.countApply(result);
       entry.unconfirmed += own.length;
@@ -555,10 +570,11 @@ export class StateBuffer {
 }
 
 /**
- * AFFINITY_FLUSH_INTERVAL, stretched after a costly flush so that flushes keep this thread
- * busy for at most AFFINITY_FLUSH_TIME_SHARE of its time (`lastFlushBusyMs`: solving,
- * encoding, sending, taking in the replies; Redis's own work overlaps the next batches and is
- * not counted). A flush costs one write (and one dual solve) per changed user, however many
+ * AFFINITY_FLUSH_INTERVAL, stretched before a costly flush so that flushes keep this thread
+ * busy for at most AFFINITY_FLUSH_TIME_SHARE of its time (`flushBusyMs`, the flush about to be
+ * made: its changed users times the last flush's busy time per user, which is solving,
+ * encoding, sending and taking in the replies; Redis's own work overlaps the next batches and
+ * is not counted). A flush costs one write (and one dual solve) per changed user, however many
  * events the user had: when the worker catches up on a backlog, every flush finds most users
  * changed, and flushing on the plain interval would spend the time writing the same users
  * again. Freshness is then bounded by the backlog, not by the interval. Capped at half the
@@ -567,13 +583,13 @@ export class StateBuffer {
  * there was nothing left to read.
  */
 export function flushIntervalAfter(
-  lastFlushBusyMs: number,
+  flushBusyMs: number,
   config: Pick<Config, 'flushIntervalMs' | 'flushTimeShare' | 'kafkaSessionTimeoutMs'>,
   caughtUp = false,
 ): number {
   if (caughtUp) return config.flushIntervalMs;
   const share = config.flushTimeShare;
-  const stretchedMs = (lastFlushBusyMs * (1 - share)) / share;
+  const stretchedMs = (flushBusyMs * (1 - share)) / share;
   const capMs = config.kafkaSessionTimeoutMs / 2;
   return Math.min(Math.max(config.flushIntervalMs, stretchedMs), capMs);
 }

@@ -2,12 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { DEFAULT_SIGNALS_SPEC, parseSignals } from '../../src/events/types.js';
 import type { InteractionEvent } from '../../src/events/types.js';
-import {
-  decodeUserState,
-  encodeStateWrite,
-  encodeUserState,
-  entryJson,
-} from '../../src/state/codec.js';
+import { decodeUserState, encodeStateWrite, encodeUserState } from '../../src/state/codec.js';
 import type { EncodedFields, HistoryEdit, StateFields } from '../../src/state/codec.js';
 import type {
   HistoryEntry,
@@ -16,6 +11,7 @@ import type {
   UserState,
 } from '../../src/state/user-state.js';
 import { applyEvents, emptyUserState } from '../../src/state/user-state.js';
+import { HistoryJsonWriter } from '../../src/state/history-json.js';
 import { seededRandom } from '../helpers/services.js';
 
 const layout = { dim: 2, halfLivesMs: [3_600_000, 86_400_000] };
@@ -234,7 +230,7 @@ test('the written history stays its JSON through random late events, trims, lost
   assert.ok(lost > 40, `writes were lost (${lost})`);
 });
 
-test('a history entry encodes exactly as JSON.stringify gives it, whatever its shape', () => {
+test('a history entry is written exactly as JSON.stringify gives it, whatever its shape', () => {
   const entries: HistoryEntry[] = [
     { item: 'i1', ts: 1_733_250_000_123, type: 'click' },
     { item: 'i2', ts: 1_733_250_000_000, type: 'like', value: 0.25 },
@@ -247,5 +243,52 @@ test('a history entry encodes exactly as JSON.stringify gives it, whatever its s
     { ts: 1_733_250_000_000, item: 'other order', type: 'click' } as HistoryEntry,
     { item: 'id first', ts: 1_733_250_000_000, type: 'click', id: 'x', value: 1 },
   ];
-  for (const entry of entries) assert.equal(entryJson(entry), JSON.stringify(entry));
+  const writer = new HistoryJsonWriter();
+  for (const entry of entries) {
+    writer.begin();
+    const bytes = writer.entry(entry);
+    const written = writer.end();
+    assert.equal(Buffer.from(written).toString(), JSON.stringify(entry));
+    assert.equal(bytes, written.length, 'it counts the bytes it wrote');
+    assert.equal(bytes, Buffer.byteLength(JSON.stringify(entry)));
+  }
+});
+
+test('pieces written stay whole and valid until the reset, across blocks and reuse', () => {
+  // Blocks of 64 bytes: most pieces outgrow the block they started in and move, and a piece
+  // may be larger than a block. Every piece must still read back as written until the reset,
+  // and again after it, when the blocks are reused.
+  const writer = new HistoryJsonWriter(64);
+  const random = seededRandom(11);
+  for (let round = 0; round < 3; round++) {
+    const expected: string[] = [];
+    const pieces: Uint8Array[] = [];
+    for (let p = 0; p < 50; p++) {
+      writer.begin();
+      let text = '[';
+      writer.ascii('[');
+      for (let k = Math.floor(random() * 4); k > 0; k--) {
+        const entry = {
+          item: `i${Math.floor(random() * 1e6)}é`,
+          ts: 1_733_250_000_000 + p,
+          type: 'like',
+        };
+        if (text.length > 1) {
+          writer.ascii(',');
+          text += ',';
+        }
+        writer.entry(entry);
+        text += JSON.stringify(entry);
+      }
+      writer.ascii(']');
+      pieces.push(writer.end());
+      expected.push(text + ']');
+    }
+    assert.deepEqual(
+      pieces.map((piece) => Buffer.from(piece).toString()),
+      expected,
+      `round ${round}`,
+    );
+    writer.reset();
+  }
 });

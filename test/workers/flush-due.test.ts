@@ -1,0 +1,63 @@
+/**
+ * When a flush is due while a backlog is read (state-buffer.ts, flushDue): the stretch of the
+ * interval follows the flush about to be made, its changed users times a flush's cost per user,
+ * so the first flush of a backlog is not taken for a free one. 5,000 changed users at the prior
+ * of 0.05 ms each make a 250 ms flush, which at share 0.1 waits 2,250 ms: long after the plain
+ * 10 ms interval has passed, the flush is still not due, unless the consumer has caught up.
+ */
+import assert from 'node:assert/strict';
+import { performance } from 'node:perf_hooks';
+import { test } from 'node:test';
+import { Redis } from 'ioredis';
+import { EmbeddingCache } from '../../src/items/cache.js';
+import { ItemStore } from '../../src/items/store.js';
+import { createLogger } from '../../src/ops/logger.js';
+import { WorkerMetrics, createRegistry } from '../../src/ops/metrics.js';
+import { UserStateStore } from '../../src/state/store.js';
+import { ColumnsBuilder, signalTypes } from '../../src/workers/engine-link.js';
+import { StateBuffer } from '../../src/workers/state-buffer.js';
+import { defer } from '../helpers/cleanup.js';
+import { loadCatalogueIntoRedis, randomCatalogue } from '../helpers/fixtures.js';
+import { REDIS_URL, deleteKeys, testConfig, waitFor } from '../helpers/services.js';
+
+const USERS = 5_000;
+const PLAIN_INTERVAL_MS = 10;
+
+test('a backlog flush of many users waits for its own cost, not for the plain interval', async (t) => {
+  const config = testConfig({
+    AFFINITY_DUAL_ENABLED: 'false',
+    AFFINITY_FLUSH_INTERVAL: `${PLAIN_INTERVAL_MS}ms`,
+    AFFINITY_FLUSH_TIME_SHARE: '0.1',
+  });
+  defer(t, () => deleteKeys(config.keyPrefix));
+  await loadCatalogueIntoRedis(config, randomCatalogue(20, 4, 3));
+  const redis = new Redis(REDIS_URL);
+  defer(t, () => redis.quit());
+  const keys = { prefix: config.keyPrefix };
+  const counters = { hit: () => {}, miss: () => {} };
+  const cache = new EmbeddingCache(new ItemStore(redis, keys), 100, counters, false);
+  const metrics = new WorkerMetrics(createRegistry(false));
+  const store = new UserStateStore(redis, keys, 0);
+  const buffer = new StateBuffer(config, store, cache, metrics, createLogger('silent'));
+  const startedMs = performance.now();
+
+  const builder = new ColumnsBuilder(USERS, signalTypes(config.signals).index);
+  for (let n = 0; n < USERS; n++) {
+    const event = { user: `u${n}`, item: `i${n % 20}`, ts: Date.now() - 1_000, type: 'click' };
+    builder.add(event, n);
+  }
+  await buffer.apply(builder.build().columns, 0);
+  await waitFor(
+    'the plain interval to pass',
+    () => performance.now() - startedMs >= 3 * PLAIN_INTERVAL_MS,
+    10_000,
+    5,
+  );
+
+  const elapsedMs = performance.now() - startedMs;
+  assert.ok(elapsedMs < 2_000, `this check ran within the stretched interval (${elapsedMs} ms)`);
+  assert.equal(buffer.flushDue(true, false), false, 'reading a backlog: not due yet');
+  assert.equal(buffer.flushDue(true, true), true, 'caught up: due on the plain interval');
+
+  assert.deepEqual(await buffer.flush(), { users: USERS, applied: USERS });
+});
