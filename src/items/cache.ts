@@ -13,8 +13,25 @@ export interface CacheCounters {
   miss(count: number): void;
 }
 
+export interface ResolvedItems {
+  /** By position in the list given. */
+  readonly embeddings: readonly (Float32Array | undefined)[];
+  /**
+   * The listed names, each as the cache holds it where it does: one string per item however
+   * many batches name it, for what outlives the batch (a worker's histories and held batches).
+   */
+  readonly names: readonly string[];
+  readonly resolve: (item: string) => Float32Array | undefined;
+}
+
+/** An embedding and its item's name, the one string the cache keeps for it. */
+interface CachedItem {
+  readonly name: string;
+  readonly embedding: Float32Array;
+}
+
 export class EmbeddingCache {
-  private readonly entries = new Map<string, Float32Array>();
+  private readonly entries = new Map<string, CachedItem>();
   private version = -1;
   private gramian: Gramian | null = null;
   private readonly listeners: ((changed: string[] | null) => void)[] = [];
@@ -85,27 +102,44 @@ export class EmbeddingCache {
    * The worker's look-up for one batch: `items` holds the batch's items (the worker lists each
    * once, then those of its users' waiting events; repeats are allowed). The ones not cached
    * are fetched in one round trip; the returned function then answers for every item of the
-   * list, and stays valid until the next call of this method or of `lookup` (entries are
-   * evicted at the start of a call, never during one). Cheaper than `lookup`: one map probe per
-   * listed item, and no set or map of them to build. Hits count one per listed item found in
-   * process, misses one per distinct item fetched.
+   * list, and stays valid until the next call of this method, of `resolveList` or of `lookup`
+   * (entries are evicted at the start of a call, never during one). Hits count one per listed
+   * item found in process, misses one per distinct item fetched.
    */
   async resolver(items: readonly string[]): Promise<(item: string) => Float32Array | undefined> {
+    return (await this.resolveList(items)).resolve;
+  }
+
+  /**
+   * As `resolver`, and also each listed item's embedding in the list's order (undefined where
+   * the catalogue has none): one map probe per item, and none again for a caller that goes
+   * through the list rather than the names.
+   */
+  async resolveList(items: readonly string[]): Promise<ResolvedItems> {
     this.evictExcess();
+    const embeddings = new Array<Float32Array | undefined>(items.length);
+    const names = items.slice();
     let missing: Set<string> | null = null;
     let hits = 0;
-    for (const item of items) {
-      if (this.entries.has(item)) hits++;
-      else (missing ??= new Set()).add(item);
+    for (let k = 0; k < items.length; k++) {
+      const cached = this.entries.get(items[k]!);
+      if (cached) {
+        embeddings[k] = cached.embedding;
+        names[k] = cached.name;
+        hits++;
+      } else (missing ??= new Set()).add(items[k]!);
     }
     this.counters.hit(hits);
     if (missing) this.counters.miss(missing.size);
-    if (!missing || !this.meta) return (item) => this.entries.get(item);
+    const cachedOnly = (item: string) => this.entries.get(item)?.embedding;
+    if (!missing || !this.meta) return { embeddings, names, resolve: cachedOnly };
 
     const fetched = await this.store.getMany([...missing], this.meta.dim);
-    if (this.maxItems > 0)
-      for (const [item, embedding] of fetched) this.entries.set(item, embedding);
-    return (item) => this.entries.get(item) ?? fetched.get(item);
+    if (this.maxItems > 0) {
+      for (const [name, embedding] of fetched) this.entries.set(name, { name, embedding });
+    }
+    for (let k = 0; k < items.length; k++) embeddings[k] ??= fetched.get(items[k]!);
+    return { embeddings, names, resolve: (item) => cachedOnly(item) ?? fetched.get(item) };
   }
 
   /** First in, first out, down to `maxItems` (the last call's fetches may have gone over). */

@@ -48,6 +48,8 @@ export interface FlushOutcome {
 }
 
 interface Entry {
+  /** The user's id: the one string kept for it while it is held (see applyNow). */
+  readonly user: string;
   state: UserState;
   /** Events applied since the last write Redis confirmed (their batches are held). */
   unconfirmed: number;
@@ -334,60 +336,80 @@ export class StateBuffer {
   }
 
   private async applyNow(batch: HeldBatch): Promise<void> {
-    const { columns, partition } = batch;
-    const byUser = indicesByUser(columns);
-    await this.hold(columns.userNames);
+    const { partition } = batch;
+    const held = await this.hold(batch.columns.userNames);
     const layout = this.layout();
     // Each of the batch's items once (the columns name each once), then the waiting ones.
-    const items = [...columns.itemNames];
-    addWaitingItems(items, columns.userNames, this.entries);
-    const embedding = await this.cache.resolver(items);
-    const context = this.updateContext(layout, embedding);
-    const embeddings = columns.itemNames.map((item) => embedding(item) ?? null);
+    const items = [...batch.columns.itemNames];
+    addWaitingItems(items, held);
+    const { embeddings, names, resolve } = await this.cache.resolveList(items);
+    const context = this.updateContext(layout, resolve);
+    const columns = withHeldNames(batch.columns, held, names);
+    const ofCodes = columns.itemNames.map((_, code) => embeddings[code] ?? null);
+    const indices = indicesByUser(columns);
 
     // The events as objects only from here, with no wait left: they die young (see HeldBatch).
-    for (const [user, indices] of byUser) {
-      const entry = this.entries.get(user)!;
-      const own = indices.map((i) => eventAt(columns, i, partition, this.typeNames, embeddings));
+    held.forEach((entry, code) => {
+      const own = indices[code]!.map((i) =>
+        eventAt(columns, i, partition, this.typeNames, ofCodes),
+      );
       const result = applyEvents(entry.state, own, context);
       this.countApply(result);
       entry.unconfirmed += own.length;
       entry.applied += result.applied;
       if (result.applied > 0 || result.pendingFolded > 0) this.markDirty(entry);
-    }
-    if (columns.users.length > 0) this.held.push(batch);
+    });
+    if (columns.users.length > 0) this.held.push({ columns, partition });
   }
 
-  private async hold(users: readonly string[]): Promise<void> {
-    const missing = users.filter((user) => !this.entries.has(user));
+  /**
+   * The entries of `users` (a batch's, by user code), reading in one round trip those not held
+   * yet, and the catalogue's version with them when it was not checked lately.
+   */
+  private async hold(users: readonly string[]): Promise<Entry[]> {
+    const held = users.map((user) => this.entries.get(user));
     const checkedMs = performance.now();
-    if (missing.length === 0 && checkedMs - this.lastCatalogueCheckMs < CATALOGUE_CHECK_MS) return;
+    const complete = !held.includes(undefined);
+    if (complete && checkedMs - this.lastCatalogueCheckMs < CATALOGUE_CHECK_MS) {
+      return held as Entry[];
+    }
 
+    const missing = users.filter((_, code) => held[code] === undefined);
     const { raw, catalogVersion } = await this.store.readRaw(missing);
     this.lastCatalogueCheckMs = checkedMs;
     await this.cache.sync(catalogVersion);
-    this.checkDimension();
+    // A new dimension dropped every held state: read them all again.
+    if (this.checkDimension()) return this.hold(users);
 
     const layout = this.layout();
-    for (const [user, fields] of raw) {
-      const state = this.decode(user, fields, layout);
-      this.entries.set(user, { state, unconfirmed: 0, applied: 0, dirty: false });
-    }
+    users.forEach((user, code) => {
+      if (held[code]) return;
+      const state = this.decode(user, raw.get(user)!, layout);
+      const entry: Entry = { user, state, unconfirmed: 0, applied: 0, dirty: false };
+      this.entries.set(user, entry);
+      held[code] = entry;
+    });
+    return held as Entry[];
   }
 
-  /** A new catalogue dimension makes every held state unreadable: start from Redis again. */
-  private checkDimension(): void {
+  /**
+   * A new catalogue dimension makes every held state unreadable: start from Redis again.
+   * Returns whether the held states were dropped.
+   */
+  private checkDimension(): boolean {
     const dim = this.cache.meta?.dim ?? -1;
-    if (dim === this.layoutDim) return;
+    if (dim === this.layoutDim) return false;
     const unconfirmed = [...this.entries.values()].some((entry) => entry.unconfirmed > 0);
     if (unconfirmed) {
       throw new AffinityError('CATALOGUE_MISMATCH', 'catalogue dimension changed mid-flush', {
         retriable: true,
       });
     }
+    const dropped = this.entries.size > 0;
     this.dropAll();
     this.layoutDim = dim;
     this.arena = this.newArena(dim);
+    return dropped;
   }
 
   /**
@@ -594,11 +616,27 @@ export function flushIntervalAfter(
   return Math.min(Math.max(config.flushIntervalMs, stretchedMs), capMs);
 }
 
-/** Where each user's events are in a batch, in order. */
-function indicesByUser(columns: EventColumns): Map<string, number[]> {
+/**
+ * The batch's columns naming users and items by the strings the held entries and the
+ * embedding cache keep. Those the main thread sent are copies made for this batch alone; kept
+ * in histories and held batches, hundreds of thousands of them outlived the young generation
+ * and made much of the engine's garbage collection (docs/benchmarks.md, round of 2026-12-04
+ * 07:00).
+ */
+function withHeldNames(
+  columns: EventColumns,
+  held: readonly Entry[],
+  items: readonly string[],
+): EventColumns {
+  const userNames = held.map((entry) => entry.user);
+  return { ...columns, userNames, itemNames: items.slice(0, columns.itemNames.length) };
+}
+
+/** Where each user's events are in a batch, in order, by user code. */
+function indicesByUser(columns: EventColumns): number[][] {
   const lists = columns.userNames.map((): number[] => []);
   columns.users.forEach((code, i) => lists[code]!.push(i));
-  return new Map(columns.userNames.map((user, code) => [user, lists[code]!]));
+  return lists;
 }
 
 /** Items of the held histories, the inputs of the dual solves. */
@@ -608,13 +646,7 @@ function historyItems(entries: Map<string, Entry>): Set<string> {
   return items;
 }
 
-/** Adds to a batch's items (one per event) those of the held users' waiting events. */
-function addWaitingItems(
-  items: string[],
-  users: readonly string[],
-  entries: Map<string, Entry>,
-): void {
-  for (const user of users) {
-    for (const waiting of entries.get(user)?.state.pending ?? []) items.push(waiting.item);
-  }
+/** Adds to a batch's items those of its users' waiting events. */
+function addWaitingItems(items: string[], entries: readonly Entry[]): void {
+  for (const entry of entries) for (const waiting of entry.state.pending) items.push(waiting.item);
 }
