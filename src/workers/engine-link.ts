@@ -142,6 +142,16 @@ export class ColumnsBuilder {
     this.offsets = new Float64Array(capacity);
   }
 
+  /** Events added so far. */
+  get size(): number {
+    return this.count;
+  }
+
+  /** Events that can still be added. */
+  get room(): number {
+    return this.offsets.length - this.count;
+  }
+
   add(event: InteractionEvent, offset: number): void {
     const n = this.count++;
     this.userCodes[n] = this.users.code(event.user);
