@@ -11,6 +11,8 @@ import { UserStateStore } from '../../src/state/store.js';
 import type { SequencedEvent, UpdateContext } from '../../src/state/user-state.js';
 import { applyEvents, emptyUserState } from '../../src/state/user-state.js';
 import { AffinityWorker } from '../../src/workers/events-worker.js';
+import { StateBuffer } from '../../src/workers/state-buffer.js';
+import { EmbeddingCache } from '../../src/items/cache.js';
 import { defer } from './cleanup.js';
 import { REDIS_URL, seededRandom } from './services.js';
 
@@ -109,6 +111,20 @@ export async function startWorker(t: TestContext, config: Config): Promise<Affin
   defer(t, () => worker.close());
   await worker.start();
   return worker;
+}
+
+/**
+ * A StateBuffer on `redis`, as the engine thread makes one (no dual solves unless `config` asks),
+ * with its store and metrics, for tests that drive the buffer without Kafka.
+ */
+export function testStateBuffer(config: Config, redis: Redis) {
+  const keys = { prefix: config.keyPrefix };
+  const counters = { hit: () => {}, miss: () => {} };
+  const cache = new EmbeddingCache(new ItemStore(redis, keys), 1000, counters, false);
+  const metrics = new WorkerMetrics(createRegistry(false));
+  const store = new UserStateStore(redis, keys, 0);
+  const buffer = new StateBuffer(config, store, cache, metrics, createLogger('silent'));
+  return { buffer, store, metrics };
 }
 
 /**

@@ -149,12 +149,14 @@ export async function deleteKeys(prefix: string): Promise<void> {
   }
 }
 
-export async function produce(topic: string, messages: Message[]): Promise<void> {
+/** Sends `messages` in order, `perSend` at a time (each send makes one record batch). */
+export async function produce(topic: string, messages: Message[], perSend = 500): Promise<void> {
   const producer = testKafka().producer();
   await producer.connect();
   try {
-    for (let start = 0; start < messages.length; start += 500) {
-      await producer.send({ topic, acks: -1, messages: messages.slice(start, start + 500) });
+    for (let start = 0; start < messages.length; start += perSend) {
+      const chunk = messages.slice(start, start + perSend);
+      await producer.send({ topic, acks: -1, messages: chunk });
     }
   } finally {
     await producer.disconnect();

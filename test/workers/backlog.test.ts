@@ -8,10 +8,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { Redis } from 'ioredis';
-import type { Message } from 'kafkajs';
-import { createLogger } from '../../src/ops/logger.js';
-import { WorkerMetrics, createRegistry } from '../../src/ops/metrics.js';
-import { AffinityWorker } from '../../src/workers/events-worker.js';
 import { defer } from '../helpers/cleanup.js';
 import {
   assertAppliedOnce,
@@ -19,13 +15,14 @@ import {
   loadCatalogueIntoRedis,
   randomCatalogue,
   randomEvents,
+  startWorker,
 } from '../helpers/fixtures.js';
 import {
   REDIS_URL,
   appliedCount,
   checkNothingLeftBehind,
+  produce,
   provision,
-  testKafka,
   testConfig,
   waitFor,
 } from '../helpers/services.js';
@@ -45,17 +42,11 @@ test('a backlog goes to the engine in batches, and its states are written before
   const items = randomCatalogue(50, 8, 9);
   await loadCatalogueIntoRedis(config, items);
   const events = randomEvents(USERS, 800, 50, 10, Date.now());
-  await produceInSmallBatches(config.eventsTopic, eventMessages(events));
+  await produce(config.eventsTopic, eventMessages(events), 20);
   const redis = new Redis(REDIS_URL);
   defer(t, () => redis.quit());
 
-  const worker = new AffinityWorker(
-    config,
-    createLogger('silent'),
-    new WorkerMetrics(createRegistry(false)),
-  );
-  defer(t, () => worker.close());
-  await worker.start();
+  await startWorker(t, config);
   let firstWritten = 0;
   await waitFor(
     'the first states written',
@@ -80,16 +71,3 @@ test('a backlog goes to the engine in batches, and its states are written before
   });
   await assertAppliedOnce(redis, config, USERS, events, items);
 });
-
-/** One send, and so one record batch on the broker, per 20 messages. */
-async function produceInSmallBatches(topic: string, messages: Message[]): Promise<void> {
-  const producer = testKafka().producer();
-  await producer.connect();
-  try {
-    for (let start = 0; start < messages.length; start += 20) {
-      await producer.send({ topic, acks: -1, messages: messages.slice(start, start + 20) });
-    }
-  } finally {
-    await producer.disconnect();
-  }
-}

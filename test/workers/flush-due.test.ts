@@ -9,15 +9,9 @@ import assert from 'node:assert/strict';
 import { performance } from 'node:perf_hooks';
 import { test } from 'node:test';
 import { Redis } from 'ioredis';
-import { EmbeddingCache } from '../../src/items/cache.js';
-import { ItemStore } from '../../src/items/store.js';
-import { createLogger } from '../../src/ops/logger.js';
-import { WorkerMetrics, createRegistry } from '../../src/ops/metrics.js';
-import { UserStateStore } from '../../src/state/store.js';
 import { ColumnsBuilder, signalTypes } from '../../src/workers/engine-link.js';
-import { StateBuffer } from '../../src/workers/state-buffer.js';
 import { defer } from '../helpers/cleanup.js';
-import { loadCatalogueIntoRedis, randomCatalogue } from '../helpers/fixtures.js';
+import { loadCatalogueIntoRedis, randomCatalogue, testStateBuffer } from '../helpers/fixtures.js';
 import { REDIS_URL, deleteKeys, testConfig, waitFor } from '../helpers/services.js';
 
 const USERS = 5_000;
@@ -33,12 +27,7 @@ test('a backlog flush of many users waits for its own cost, not for the plain in
   await loadCatalogueIntoRedis(config, randomCatalogue(20, 4, 3));
   const redis = new Redis(REDIS_URL);
   defer(t, () => redis.quit());
-  const keys = { prefix: config.keyPrefix };
-  const counters = { hit: () => {}, miss: () => {} };
-  const cache = new EmbeddingCache(new ItemStore(redis, keys), 100, counters, false);
-  const metrics = new WorkerMetrics(createRegistry(false));
-  const store = new UserStateStore(redis, keys, 0);
-  const buffer = new StateBuffer(config, store, cache, metrics, createLogger('silent'));
+  const { buffer } = testStateBuffer(config, redis);
   const startedMs = performance.now();
 
   const builder = new ColumnsBuilder(USERS, signalTypes(config.signals).index);

@@ -9,16 +9,10 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { Redis } from 'ioredis';
 import type { Config } from '../../src/config/config.js';
-import { EmbeddingCache } from '../../src/items/cache.js';
-import { ItemStore } from '../../src/items/store.js';
-import { createLogger } from '../../src/ops/logger.js';
-import { WorkerMetrics, createRegistry } from '../../src/ops/metrics.js';
-import { UserStateStore } from '../../src/state/store.js';
 import type { EventColumns } from '../../src/workers/engine-link.js';
 import { ColumnsBuilder, signalTypes } from '../../src/workers/engine-link.js';
-import { StateBuffer } from '../../src/workers/state-buffer.js';
 import { defer } from '../helpers/cleanup.js';
-import { loadCatalogueIntoRedis, randomCatalogue } from '../helpers/fixtures.js';
+import { loadCatalogueIntoRedis, randomCatalogue, testStateBuffer } from '../helpers/fixtures.js';
 import { REDIS_URL, deleteKeys, testConfig } from '../helpers/services.js';
 
 test('a new catalogue dimension re-reads every user of the next batch', async (t) => {
@@ -27,12 +21,7 @@ test('a new catalogue dimension re-reads every user of the next batch', async (t
   await loadCatalogueIntoRedis(config, randomCatalogue(10, 4, 1));
   const redis = new Redis(REDIS_URL);
   defer(t, () => redis.quit());
-  const keys = { prefix: config.keyPrefix };
-  const counters = { hit: () => {}, miss: () => {} };
-  const cache = new EmbeddingCache(new ItemStore(redis, keys), 100, counters, false);
-  const metrics = new WorkerMetrics(createRegistry(false));
-  const store = new UserStateStore(redis, keys, 0);
-  const buffer = new StateBuffer(config, store, cache, metrics, createLogger('silent'));
+  const { buffer, store, metrics } = testStateBuffer(config, redis);
 
   await buffer.apply(columnsOf(config, ['ann', 'ben'], 0), 0);
   await buffer.flush();

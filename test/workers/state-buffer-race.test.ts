@@ -9,18 +9,13 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { Redis } from 'ioredis';
 import type { Config } from '../../src/config/config.js';
-import { EmbeddingCache } from '../../src/items/cache.js';
-import { ItemStore } from '../../src/items/store.js';
-import { createLogger } from '../../src/ops/logger.js';
-import { WorkerMetrics, createRegistry } from '../../src/ops/metrics.js';
-import { UserStateStore } from '../../src/state/store.js';
+import type { WorkerMetrics } from '../../src/ops/metrics.js';
 import type { SequencedEvent, UserState } from '../../src/state/user-state.js';
 import { applyEvents, emptyUserState } from '../../src/state/user-state.js';
 import type { EventColumns } from '../../src/workers/engine-link.js';
 import { ColumnsBuilder, signalTypes } from '../../src/workers/engine-link.js';
-import { StateBuffer } from '../../src/workers/state-buffer.js';
 import { defer } from '../helpers/cleanup.js';
-import { loadCatalogueIntoRedis, randomCatalogue } from '../helpers/fixtures.js';
+import { loadCatalogueIntoRedis, randomCatalogue, testStateBuffer } from '../helpers/fixtures.js';
 import { REDIS_URL, deleteKeys, testConfig } from '../helpers/services.js';
 
 const DIM = 6;
@@ -35,8 +30,8 @@ test('a write that lost a race is redone on the newer state, every event applied
   await loadCatalogueIntoRedis(config, catalogue);
   const redis = new Redis(REDIS_URL);
   defer(t, () => redis.quit());
-  const a = consumer(config, redis);
-  const b = consumer(config, redis);
+  const a = testStateBuffer(config, redis);
+  const b = testStateBuffer(config, redis);
 
   // Offsets 0-19, the users taking turns. A applies and writes 0-9, then applies 10-19 without
   // writing them.
@@ -71,16 +66,6 @@ test('a write that lost a race is redone on the newer state, every event applied
     assertSameState(stored.get(user)!, expected, user);
   }
 });
-
-function consumer(config: Config, redis: Redis) {
-  const keys = { prefix: config.keyPrefix };
-  const counters = { hit: () => {}, miss: () => {} };
-  const cache = new EmbeddingCache(new ItemStore(redis, keys), 1000, counters, false);
-  const metrics = new WorkerMetrics(createRegistry(false));
-  const store = new UserStateStore(redis, keys, 0);
-  const buffer = new StateBuffer(config, store, cache, metrics, createLogger('silent'));
-  return { buffer, store, metrics };
-}
 
 /** `count` offsets from `start` of partition 0, users taking turns, a minute apart. */
 function events(start: number, count: number): SequencedEvent[] {
