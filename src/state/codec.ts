@@ -146,8 +146,8 @@ function encodeDual(dual: NonNullable<UserState['dual']>, fields: EncodedFields)
 /**
  * The history's JSON as a write left it in Redis: which entries, where each one's text starts
  * (in bytes), and the whole length. The JSON is `[` + the entries' texts joined by `,` + `]`,
- * exactly JSON.stringify of the history (history-json.ts). Entries are never mutated, so an entry of
- * the state that is the very object of an earlier encoding has the same text.
+ * exactly JSON.stringify of the history (history-json.ts). Entries are never mutated, so an
+ * entry of the state that is the very object of an earlier encoding has the same text.
  */
 interface WrittenHistory {
   /** The revision of the write that carried it. */

@@ -106,6 +106,12 @@ const NO_WRITES: WriteOutcome = { written: [], conflicts: [] };
  * writing every user for a handful of events each.
  */
 const FIRST_FLUSH_BUSY_MS_PER_USER = 0.05;
+/**
+ * A flush of fewer users leaves the figure per user as it was: its fixed costs (a round trip,
+ * the positions reported) would make it far too large for the next backlog's flush, which
+ * would then wait for the interval's cap.
+ */
+const MIN_USERS_MEASURED = 256;
 
 export class StateBuffer {
   private readonly entries = new Map<string, Entry>();
@@ -115,8 +121,8 @@ export class StateBuffer {
   private lastFlushMs = performance.now();
   /**
    * Time a flush keeps this thread busy (sending, then taking in the replies) per user it
-   * writes, as the last flush measured it; before the first, a figure measured on the
-   * development machine (FIRST_FLUSH_BUSY_MS_PER_USER).
+   * writes, as the last flush of at least MIN_USERS_MEASURED users measured it; before one, a
+   * figure measured on the development machine (FIRST_FLUSH_BUSY_MS_PER_USER).
    */
   private flushBusyMsPerUser = FIRST_FLUSH_BUSY_MS_PER_USER;
   private lastCatalogueCheckMs = -Infinity;
@@ -215,7 +221,8 @@ export class StateBuffer {
         const startedMs = performance.now();
         const confirmed = await this.confirm(sent, outcome);
         const busyMs = sent.busyMs + (performance.now() - startedMs);
-        this.flushBusyMsPerUser = busyMs / sent.states.size;
+        const users = sent.states.size;
+        if (users >= MIN_USERS_MEASURED) this.flushBusyMsPerUser = busyMs / users;
         return confirmed;
       });
     } finally {
@@ -594,15 +601,15 @@ export class StateBuffer {
 /**
  * AFFINITY_FLUSH_INTERVAL, stretched before a costly flush so that flushes keep this thread
  * busy for at most AFFINITY_FLUSH_TIME_SHARE of its time (`flushBusyMs`, the flush about to be
- * made: its changed users times the last flush's busy time per user, which is solving,
- * encoding, sending and taking in the replies; Redis's own work overlaps the next batches and
- * is not counted). A flush costs one write (and one dual solve) per changed user, however many
- * events the user had: when the worker catches up on a backlog, every flush finds most users
- * changed, and flushing on the plain interval would spend the time writing the same users
- * again. Freshness is then bounded by the backlog, not by the interval. Capped at half the
- * Kafka session timeout. Once the backlog is read (`caughtUp`), the plain interval applies again:
- * otherwise the last events of a backlog would wait for the stretched interval, seconds after
- * there was nothing left to read.
+ * made: its changed users times a flush's busy time per user, flushBusyMsPerUser; busy is
+ * solving, encoding, sending and taking in the replies, while Redis's own work overlaps the
+ * next batches and is not counted). A flush costs one write (and one dual solve) per changed
+ * user, however many events the user had: when the worker catches up on a backlog, every flush
+ * finds most users changed, and flushing on the plain interval would spend the time writing
+ * the same users again. Freshness is then bounded by the backlog, not by the interval. Capped
+ * at half the Kafka session timeout. Once the backlog is read (`caughtUp`), the plain interval
+ * applies again: otherwise the last events of a backlog would wait for the stretched interval,
+ * seconds after there was nothing left to read.
  */
 export function flushIntervalAfter(
   flushBusyMs: number,
