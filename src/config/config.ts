@@ -88,7 +88,8 @@ export function loadConfig(env: Env = process.env): Config {
     ),
     kafkaSessionTimeoutMs: read.duration('AFFINITY_KAFKA_SESSION_TIMEOUT', '30s'),
     flushIntervalMs: read.duration('AFFINITY_FLUSH_INTERVAL', '500ms'),
-    flushMaxUsers: read.integer('AFFINITY_FLUSH_MAX_USERS', 20_000, 1, 10_000_000),
+    // As many as the state cache holds: a changed state is held anyway until it is written.
+    flushMaxUsers: read.integer('AFFINITY_FLUSH_MAX_USERS', 100_000, 1, 10_000_000),
     flushTimeShare: read.number('AFFINITY_FLUSH_TIME_SHARE', 0.1, 0.01, 1),
     stateCacheUsers: read.integer('AFFINITY_STATE_CACHE_USERS', 100_000, 0, 100_000_000),
     maxEventAgeMs: read.duration('AFFINITY_MAX_EVENT_AGE', '3650d'),

@@ -83,13 +83,25 @@ const STAGING_TTL_MS = '600000';
 
 /** Users per pipeline of a write; about 2.5 MB at d = 384 with the default half-lives. */
 const WRITE_CHUNK_USERS = 256;
+/**
+ * Chunks of a write sent and not yet answered, at most: their encoding buffers, about 5 MB a
+ * chunk at d = 384, are what a flush holds at once (about 160 MB at 32).
+ */
+const MAX_CHUNKS_IN_FLIGHT = 32;
 /** HSET staging, PEXPIRE staging, swap. */
 const COMMANDS_PER_WRITE = 3;
 /**
- * Encoding buffers kept for the next flushes (resp.ts): a flush of about 25,000 users at d = 384
- * with full histories, more than AFFINITY_FLUSH_MAX_USERS's default.
+ * Encoding buffers kept for the next flushes (resp.ts): what a flush holds at once
+ * (MAX_CHUNKS_IN_FLIGHT chunks) with full histories at d = 384, and room to spare.
  */
-const SPARE_BUFFER_BYTES = 512 * 2 ** 20;
+const SPARE_BUFFER_BYTES = 256 * 2 ** 20;
+
+/** A write started by startWrites. */
+export interface StateWriting {
+  /** Every state is encoded: the caller may change them from here. */
+  readonly sent: Promise<void>;
+  readonly outcome: Promise<WriteOutcome>;
+}
 
 export interface WriteOutcome {
   readonly written: string[];
@@ -162,26 +174,49 @@ export class UserStateStore {
 
   /**
    * Writes each state as its revision + 1 where Redis still holds that revision; returns which
-   * were written and which lost a race (the caller records the new revisions). Every state
-   * is encoded and sent before the call first yields, so the caller may change the states as
-   * soon as it returns (with its promise). The writes go out as pipelines of
-   * WRITE_CHUNK_USERS, all sent before the first reply is awaited: still one round trip, but
-   * Redis works on the first chunk while the next is being encoded, and no single write buffer
-   * holds the whole flush.
+   * were written and which lost a race (the caller records the new revisions). A write of at
+   * most MAX_CHUNKS_IN_FLIGHT chunks is encoded and sent before the call first yields, so the
+   * caller may change the states as soon as it returns; for larger ones, see startWrites.
    */
-  async writeMany(
+  writeMany(
     states: ReadonlyMap<string, UserState>,
     layout: AggregateLayout,
   ): Promise<WriteOutcome> {
+    const writing = this.startWrites(states, layout);
+    return writing.sent.then(() => writing.outcome);
+  }
+
+  /**
+   * The writes of writeMany, as pipelines of WRITE_CHUNK_USERS: one round trip, but Redis works
+   * on a chunk while the next is being encoded, and no single buffer holds the whole write. At
+   * most MAX_CHUNKS_IN_FLIGHT chunks wait for their replies: a later chunk is encoded once the
+   * oldest is answered, so that the encoding buffers of a large flush stay bounded. `sent`
+   * resolves once every state is encoded (copied out): until then the caller must not change
+   * them. Up to MAX_CHUNKS_IN_FLIGHT chunks, that is before this returns.
+   */
+  startWrites(states: ReadonlyMap<string, UserState>, layout: AggregateLayout): StateWriting {
     if (!this.scriptLoading) this.loadSwapScript();
     const users = [...states.keys()];
     const chunks: Promise<[Error | null, unknown][]>[] = [];
-    for (let start = 0; start < users.length; start += WRITE_CHUNK_USERS) {
-      const chunk = users.slice(start, start + WRITE_CHUNK_USERS);
-      chunks.push(this.writeChunk(chunk, states, layout));
-    }
-    const replies = (await Promise.all(chunks)).flat();
+    const sent = (async () => {
+      for (let start = 0; start < users.length; start += WRITE_CHUNK_USERS) {
+        if (chunks.length >= MAX_CHUNKS_IN_FLIGHT) {
+          await chunks[chunks.length - MAX_CHUNKS_IN_FLIGHT];
+        }
+        const chunk = users.slice(start, start + WRITE_CHUNK_USERS);
+        chunks.push(this.writeChunk(chunk, states, layout));
+      }
+    })();
+    const outcome = sent.then(async () =>
+      this.outcomeOf(users, (await Promise.all(chunks)).flat()),
+    );
+    // Settled through `sent` by the caller; this keeps an early failure from also going
+    // unhandled here.
+    outcome.catch(() => undefined);
+    return { sent, outcome };
+  }
 
+  private outcomeOf(users: readonly string[], replies: [Error | null, unknown][]): WriteOutcome {
     const written: string[] = [];
     const conflicts: string[] = [];
     users.forEach((user, index) => {

@@ -238,7 +238,7 @@ export class StateBuffer {
   }
 
   /**
-   * Solves the duals and encodes and sends every given state, all before it returns, so the
+   * Solves the duals and encodes and sends every given state, all before it resolves, so the
    * states may change again at once. They count as clean from here; a failed write marks them
    * changed again.
    */
@@ -264,7 +264,11 @@ export class StateBuffer {
     this.dirtyUsers -= entries.size;
 
     const toWrite = new Map([...entries].map(([user, entry]) => [user, entry.state]));
-    const outcome = this.store.writeMany(toWrite, this.layout());
+    const writing = this.store.startWrites(toWrite, this.layout());
+    // Under the lock: no state changes before it is encoded (a large flush's last chunks wait
+    // for its first ones to be answered).
+    await writing.sent;
+    const { outcome } = writing;
     return { states, outcome, startedMs, busyMs: performance.now() - startedMs, heldBatches };
   }
 

@@ -140,3 +140,25 @@ test('a history sent as an edit lands as its JSON, and one Redis holds otherwise
   const staged = await redis.keys(`${keyPrefix}u:{u}:next:*`);
   assert.deepEqual(staged, [], 'the staged state is deleted');
 });
+
+test('a write of more chunks than may wait for replies goes out in a window, every state landing', async (t) => {
+  // 9,000 states make 36 chunks of 256: the last 4 are encoded only once the first ones are
+  // answered (MAX_CHUNKS_IN_FLIGHT, 32), so `sent` is still pending when the call returns.
+  const { store } = storeWithState(t);
+  const states = new Map<string, UserState>();
+  for (let n = 0; n < 9_000; n++) states.set(`u${n}`, stateWithOneEvent());
+
+  const writing = store.startWrites(states, layout);
+  let sent = false;
+  void writing.sent.then(() => (sent = true));
+  await Promise.resolve();
+  assert.equal(sent, false, 'the last chunks wait for the first replies');
+
+  await writing.sent;
+  const { written, conflicts } = await writing.outcome;
+  assert.equal(written.length, states.size);
+  assert.deepEqual(conflicts, []);
+  const last = await store.load('u8999', layout);
+  assert.deepEqual([...last.aggregates.sums], [...stateWithOneEvent().aggregates.sums]);
+  assert.equal(last.revision, 1);
+});
