@@ -12,11 +12,13 @@
  * JSON.stringify. The bytes are exactly JSON.stringify's UTF-8 (tested).
  */
 
+import type { HistoryEntry } from './user-state.js';
+
 /** One piece of JSON text: a view of the writer's memory, valid until its next `reset`. */
 export type JsonBytes = Uint8Array;
 
 const BLOCK_BYTES = 1 << 20;
-/** Items whose prefix is cached; the cache starts again when it is full. */
+/** Items (and types) whose text is cached; the cache starts again when it is full. */
 const MAX_CACHED_ITEMS = 100_000;
 const HISTORY_KEYS = ['item', 'ts', 'type', 'value', 'id'];
 
@@ -55,7 +57,7 @@ export class HistoryJsonWriter {
   }
 
   /** Appends JSON.stringify(entry) as UTF-8; returns its bytes. */
-  entry(entry: HistoryShape): number {
+  entry(entry: HistoryEntry): number {
     const { item, ts, type } = entry;
     if (!Number.isSafeInteger(ts) || ts < 0 || !isHistoryShape(entry)) {
       return this.utf8(JSON.stringify(entry));
@@ -76,22 +78,14 @@ export class HistoryJsonWriter {
     return this.block.subarray(this.start, this.at);
   }
 
+  /** `{"item":<item>,"ts":`, the text before an entry's timestamp. */
   private itemPrefix(item: string): Buffer {
-    let prefix = this.itemPrefixes.get(item);
-    if (prefix) return prefix;
-    if (this.itemPrefixes.size >= MAX_CACHED_ITEMS) this.itemPrefixes.clear();
-    prefix = Buffer.from(`{"item":${JSON.stringify(item)},"ts":`);
-    this.itemPrefixes.set(item, prefix);
-    return prefix;
+    return cachedBytes(this.itemPrefixes, item, () => `{"item":${JSON.stringify(item)},"ts":`);
   }
 
+  /** `,"type":<type>}`, the text after the timestamp of an entry without value or id. */
   private typeSuffix(type: string): Buffer {
-    let suffix = this.typeSuffixes.get(type);
-    if (suffix) return suffix;
-    if (this.typeSuffixes.size >= MAX_CACHED_ITEMS) this.typeSuffixes.clear();
-    suffix = Buffer.from(`,"type":${JSON.stringify(type)}}`);
-    this.typeSuffixes.set(type, suffix);
-    return suffix;
+    return cachedBytes(this.typeSuffixes, type, () => `,"type":${JSON.stringify(type)}}`);
   }
 
   private copy(bytes: Buffer): number {
@@ -146,13 +140,14 @@ export class HistoryJsonWriter {
   }
 }
 
-/** The fields a history entry may have (user-state.ts, HistoryEntry). */
-export interface HistoryShape {
-  readonly item: string;
-  readonly ts: number;
-  readonly type: string;
-  readonly value?: number;
-  readonly id?: string;
+/** The UTF-8 of `text()` for `key`, made once; the cache starts again when it is full. */
+function cachedBytes(cache: Map<string, Buffer>, key: string, text: () => string): Buffer {
+  let bytes = cache.get(key);
+  if (bytes) return bytes;
+  if (cache.size >= MAX_CACHED_ITEMS) cache.clear();
+  bytes = Buffer.from(text());
+  cache.set(key, bytes);
+  return bytes;
 }
 
 /**
@@ -160,7 +155,7 @@ export interface HistoryShape {
  * no others: what JSON.stringify would write in that order. Decoded entries keep whatever the
  * stored JSON had, and go to JSON.stringify itself.
  */
-function isHistoryShape(entry: HistoryShape): boolean {
+function isHistoryShape(entry: HistoryEntry): boolean {
   let next = 0;
   for (const key in entry) {
     while (next < HISTORY_KEYS.length && HISTORY_KEYS[next] !== key) next++;

@@ -81,11 +81,14 @@ const SWAP_EDITED_STATE_SHA = sha1(SWAP_EDITED_STATE_LUA);
 /** How long a staging key outlives a writer that died before its swap. */
 const STAGING_TTL_MS = '600000';
 
-/** Users per pipeline of a write; about 2.5 MB at d = 384 with the default half-lives. */
+/**
+ * Users per pipeline of a write: about 5 MB at d = 384 with the default half-lives and whole
+ * histories of 200 entries, about 3 MB when the histories go as edits.
+ */
 const WRITE_CHUNK_USERS = 256;
 /**
- * Chunks of a write sent and not yet answered, at most: their encoding buffers, about 5 MB a
- * chunk at d = 384, are what a flush holds at once (about 160 MB at 32).
+ * Chunks of a write sent and not yet answered, at most: their encoding buffers are what a
+ * flush holds at once (about 160 MB at 32, WRITE_CHUNK_USERS's 5 MB each).
  */
 const MAX_CHUNKS_IN_FLIGHT = 32;
 /** HSET staging, PEXPIRE staging, swap. */

@@ -8,9 +8,10 @@
  * A batch's valid events cross as columns (engine-link's EventColumns): the batch's distinct
  * users and items, and typed arrays (transferred) of what each event has, rather than thousands
  * of small objects to clone. The engine answers each batch once it is applied, and reports each
- * confirmed flush with the Kafka positions it covers, which the main thread then commits. Metrics and log lines recorded on the
- * engine ride along with its messages and are replayed on the main thread's registry and
- * logger, so /metrics and the logs look as they would with one thread.
+ * confirmed flush with the Kafka positions it covers, which the main thread then commits.
+ * Metrics and log lines recorded on the engine ride along with its messages and are replayed on
+ * the main thread's registry and logger, so /metrics and the logs look as they would with one
+ * thread.
  */
 import { AffinityError } from '../errors.js';
 import type { Logger } from '../ops/logger.js';

@@ -254,7 +254,7 @@ export class AffinityWorker {
     const capacity = Math.max(count, 2 * MIN_ENGINE_BATCH_EVENTS);
     const builder = new ColumnsBuilder(capacity, this.typeIndex);
     // Should the next batch not come (a lag that only control records make, a paused
-    // partition), the events still go within about one fetch wait.
+    // partition), the events still go within openBatchMaxMs.
     const timer = setTimeout(() => this.handOver(), this.openBatchMaxMs);
     timer.unref();
     this.open = { builder, partition, nextOffset: '0', caughtUp: false, timers: [], timer };

@@ -268,8 +268,8 @@ export class StateBuffer {
     // Under the lock: no state changes before it is encoded (a large flush's last chunks wait
     // for its first ones to be answered).
     await writing.sent;
-    const { outcome } = writing;
-    return { states, outcome, startedMs, busyMs: performance.now() - startedMs, heldBatches };
+    const busyMs = performance.now() - startedMs;
+    return { states, outcome: writing.outcome, startedMs, busyMs, heldBatches };
   }
 
   /** A write that failed leaves its states changed, to go out with the next flush. */

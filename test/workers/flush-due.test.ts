@@ -8,6 +8,7 @@
 import assert from 'node:assert/strict';
 import { performance } from 'node:perf_hooks';
 import { test } from 'node:test';
+import type { TestContext } from 'node:test';
 import { Redis } from 'ioredis';
 import type { Config } from '../../src/config/config.js';
 import type { EventColumns } from '../../src/workers/engine-link.js';
@@ -20,16 +21,7 @@ const USERS = 5_000;
 const PLAIN_INTERVAL_MS = 10;
 
 test('a backlog flush of many users waits for its own cost, not for the plain interval', async (t) => {
-  const config = testConfig({
-    AFFINITY_DUAL_ENABLED: 'false',
-    AFFINITY_FLUSH_INTERVAL: `${PLAIN_INTERVAL_MS}ms`,
-    AFFINITY_FLUSH_TIME_SHARE: '0.1',
-  });
-  defer(t, () => deleteKeys(config.keyPrefix));
-  await loadCatalogueIntoRedis(config, randomCatalogue(20, 4, 3));
-  const redis = new Redis(REDIS_URL);
-  defer(t, () => redis.quit());
-  const { buffer } = testStateBuffer(config, redis);
+  const { config, buffer } = await bufferOnRedis(t);
   const startedMs = performance.now();
 
   await buffer.apply(clicks(config, USERS, 0), 0);
@@ -52,6 +44,17 @@ test('a flush of a few users does not make the next backlog flush wait for the c
   // One user's flush costs a round trip and more: over a millisecond for its one user, twenty
   // times the figure per user of a large flush. Were it taken as the cost per user, 5,000
   // changed users would wait for the cap of the interval, 15 s; they wait about 2.25 s.
+  const { config, buffer } = await bufferOnRedis(t);
+
+  await buffer.apply(clicks(config, 1, 0), 0);
+  assert.deepEqual(await buffer.flush(), { users: 1, applied: 1 });
+  await buffer.apply(clicks(config, USERS, 1), 0);
+  assert.equal(buffer.flushDue(true, false), false, 'not due at once');
+  await waitFor('the backlog flush to be due', () => buffer.flushDue(true, false), 10_000, 20);
+});
+
+/** A buffer at the plain interval of 10 ms and share 0.1, on a catalogue in Redis. */
+async function bufferOnRedis(t: TestContext) {
   const config = testConfig({
     AFFINITY_DUAL_ENABLED: 'false',
     AFFINITY_FLUSH_INTERVAL: `${PLAIN_INTERVAL_MS}ms`,
@@ -61,14 +64,8 @@ test('a flush of a few users does not make the next backlog flush wait for the c
   await loadCatalogueIntoRedis(config, randomCatalogue(20, 4, 3));
   const redis = new Redis(REDIS_URL);
   defer(t, () => redis.quit());
-  const { buffer } = testStateBuffer(config, redis);
-
-  await buffer.apply(clicks(config, 1, 0), 0);
-  assert.deepEqual(await buffer.flush(), { users: 1, applied: 1 });
-  await buffer.apply(clicks(config, USERS, 1), 0);
-  assert.equal(buffer.flushDue(true, false), false, 'not due at once');
-  await waitFor('the backlog flush to be due', () => buffer.flushDue(true, false), 10_000, 20);
-});
+  return { config, buffer: testStateBuffer(config, redis).buffer };
+}
 
 /** One click for each of `users` users, at consecutive offsets from `first`. */
 function clicks(config: Config, users: number, first: number): EventColumns {
