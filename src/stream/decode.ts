@@ -47,7 +47,7 @@ export interface DecodeLimits {
   readonly signals: Signals;
 }
 
-const MAX_ID_LENGTH = 1_024;
+export const MAX_ID_LENGTH = 1_024;
 
 export function decodeEvent(
   value: Buffer | null,

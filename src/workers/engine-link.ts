@@ -20,6 +20,7 @@ import { STATE_COUNTERS, STATE_HISTOGRAMS } from '../ops/metrics.js';
 import type { InteractionEvent, Signals } from '../events/types.js';
 import type { SequencedEvent } from '../state/user-state.js';
 import { eventOf } from '../stream/decode.js';
+import type { EventScanner } from '../stream/scan.js';
 
 /**
  * A batch's valid events, field by field; `types` index the configured signal types. Users and
@@ -160,11 +161,28 @@ export class ColumnsBuilder {
     this.ts[n] = event.ts;
     this.types[n] = this.typeIndex.get(event.type)!;
     this.values[n] = event.value ?? NaN;
-    if (event.id !== undefined) {
-      this.ids ??= new Array<string | null>(n).fill(null);
-      this.ids[n] = event.id;
-    } else if (this.ids) this.ids.push(null);
+    this.addId(n, event.id);
     this.offsets[n] = offset;
+  }
+
+  /** The event `scanner` just read from `bytes` (stream/scan.ts): add() without the strings. */
+  addScanned(bytes: Buffer, scanner: EventScanner, offset: number): void {
+    const n = this.count++;
+    this.userCodes[n] = this.users.codeOf(bytes, scanner.userStart, scanner.userEnd);
+    this.itemCodes[n] = this.items.codeOf(bytes, scanner.itemStart, scanner.itemEnd);
+    this.ts[n] = scanner.ts;
+    this.types[n] = scanner.type;
+    this.values[n] = scanner.value;
+    const { idStart, idEnd } = scanner;
+    this.addId(n, idStart < 0 ? undefined : bytes.toString('latin1', idStart, idEnd));
+    this.offsets[n] = offset;
+  }
+
+  private addId(n: number, id: string | undefined): void {
+    if (id !== undefined) {
+      this.ids ??= new Array<string | null>(n).fill(null);
+      this.ids[n] = id;
+    } else if (this.ids) this.ids.push(null);
   }
 
   /** The columns and the buffers to transfer with them. */
@@ -185,19 +203,106 @@ export class ColumnsBuilder {
   }
 }
 
-/** Numbers each distinct string in order of first appearance. */
+/**
+ * Numbers each distinct string in order of first appearance, looked up by its UTF-8 bytes: the
+ * scanner's events give bytes, and hashing them here (FNV-1a, open addressing with linear
+ * probing) makes a string only for an id the batch has not seen yet, instead of one per event
+ * for a Map to hash again.
+ */
 class Dictionary {
   readonly names: string[] = [];
-  private readonly codes = new Map<string, number>();
+  /** Each name's bytes, one after another; name `c` ends at ends[c]. */
+  private bytes = Buffer.allocUnsafe(4_096);
+  private ends = new Int32Array(256);
+  private hashes = new Int32Array(256);
+  /** Codes + 1 by hash slot; 0 is an empty slot. Never more than half full. */
+  private slots = new Int32Array(1_024);
+  /** A string's bytes while it is looked up. */
+  private scratch = Buffer.allocUnsafe(256);
 
   code(name: string): number {
-    let code = this.codes.get(name);
-    if (code === undefined) {
-      code = this.names.push(name) - 1;
-      this.codes.set(name, code);
+    const length = Buffer.byteLength(name, 'utf8');
+    if (length > this.scratch.length) this.scratch = Buffer.allocUnsafe(2 * length);
+    this.scratch.write(name, 'utf8');
+    return this.codeOf(this.scratch, 0, length, name);
+  }
+
+  /** The code of the name spelled by bytes[start, end); `name` is that string when known. */
+  codeOf(bytes: Buffer, start: number, end: number, name?: string): number {
+    const hash = fnv1a(bytes, start, end);
+    const mask = this.slots.length - 1;
+    for (let slot = hash & mask; ; slot = (slot + 1) & mask) {
+      const code = this.slots[slot]! - 1;
+      if (code < 0) return this.insert(slot, hash, bytes, start, end, name);
+      if (this.hashes[code] === hash && this.holds(code, bytes, start, end)) return code;
     }
+  }
+
+  private holds(code: number, bytes: Buffer, start: number, end: number): boolean {
+    const from = code === 0 ? 0 : this.ends[code - 1]!;
+    if (this.ends[code]! - from !== end - start) return false;
+    for (let i = start, j = from; i < end; i++, j++) {
+      if (bytes[i] !== this.bytes[j]) return false;
+    }
+    return true;
+  }
+
+  private insert(
+    slot: number,
+    hash: number,
+    bytes: Buffer,
+    start: number,
+    end: number,
+    name: string | undefined,
+  ): number {
+    const code = this.names.length;
+    const from = code === 0 ? 0 : this.ends[code - 1]!;
+    this.reserve(code, from + end - start);
+    bytes.copy(this.bytes, from, start, end);
+    this.ends[code] = from + end - start;
+    this.hashes[code] = hash;
+    // Bytes from the scanner are ASCII, so latin1 gives the same string as UTF-8, faster.
+    this.names.push(name ?? bytes.toString('latin1', start, end));
+    this.slots[slot] = code + 1;
+    if (2 * this.names.length > this.slots.length) this.rehash();
     return code;
   }
+
+  /** Room for name `code` and `byteEnd` bytes of names. */
+  private reserve(code: number, byteEnd: number): void {
+    if (byteEnd > this.bytes.length) {
+      const bytes = Buffer.allocUnsafe(2 * byteEnd);
+      this.bytes.copy(bytes);
+      this.bytes = bytes;
+    }
+    if (code < this.ends.length) return;
+    this.ends = grown(this.ends);
+    this.hashes = grown(this.hashes);
+  }
+
+  private rehash(): void {
+    const slots = new Int32Array(2 * this.slots.length);
+    const mask = slots.length - 1;
+    for (let code = 0; code < this.names.length; code++) {
+      let slot = this.hashes[code]! & mask;
+      while (slots[slot] !== 0) slot = (slot + 1) & mask;
+      slots[slot] = code + 1;
+    }
+    this.slots = slots;
+  }
+}
+
+/** 32-bit FNV-1a of bytes[start, end) (Fowler, Noll and Vo; IETF draft-eastlake-fnv). */
+function fnv1a(bytes: Buffer, start: number, end: number): number {
+  let hash = 0x811c9dc5 | 0;
+  for (let i = start; i < end; i++) hash = Math.imul(hash ^ bytes[i]!, 0x01000193);
+  return hash;
+}
+
+function grown(array: Int32Array<ArrayBuffer>): Int32Array<ArrayBuffer> {
+  const bigger = new Int32Array(2 * array.length);
+  bigger.set(array);
+  return bigger;
 }
 
 /**

@@ -31,6 +31,7 @@ import { EngineClient } from './engine-client.js';
 import type { Position } from './engine-link.js';
 import { ColumnsBuilder, signalTypes } from './engine-link.js';
 import { decodeEvent } from '../stream/decode.js';
+import { EventScanner } from '../stream/scan.js';
 
 const CATALOGUE_WAIT_MS = 1_000;
 /**
@@ -87,6 +88,8 @@ export class AffinityWorker {
   private catalogueSeen = false;
   /** Each configured event type's number in the columns handed to the engine. */
   private readonly typeIndex: ReadonlyMap<string, number>;
+  /** The fast path of decodeEvent, for messages in the plain form. */
+  private readonly scanner: EventScanner;
   private engineUp = false;
   private joined = false;
   private closing: Promise<void> | null = null;
@@ -118,6 +121,7 @@ export class AffinityWorker {
     });
     this.itemStore = new ItemStore(this.redis, { prefix: config.keyPrefix });
     this.typeIndex = signalTypes(config.signals).index;
+    this.scanner = new EventScanner(config, this.typeIndex);
     this.openBatchMaxMs = 2 * consumerTimings(config).maxWaitTimeInMs;
     this.engine = new EngineClient(config, logger, metrics, {
       flushed: (positions) => this.commitFlushed(positions),
@@ -288,7 +292,12 @@ export class AffinityWorker {
     const nowMs = Date.now();
     const letters: DeadLetter[] = [];
     for (const message of batch.messages) {
-      const result = decodeEvent(message.value, nowMs, this.config);
+      const { value } = message;
+      if (value !== null && this.scanner.scan(value, nowMs)) {
+        builder.addScanned(value, this.scanner, Number(message.offset));
+        continue;
+      }
+      const result = decodeEvent(value, nowMs, this.config);
       if (result.ok) {
         builder.add(result.event, Number(message.offset));
         continue;

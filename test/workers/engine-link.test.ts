@@ -10,6 +10,9 @@ import type { StateMetrics } from '../../src/ops/metrics.js';
 import { WorkerMetrics, createRegistry } from '../../src/ops/metrics.js';
 import { AffinityError } from '../../src/errors.js';
 import type { InteractionEvent } from '../../src/events/types.js';
+import { loadConfig } from '../../src/config/config.js';
+import { decodeEvent } from '../../src/stream/decode.js';
+import { EventScanner } from '../../src/stream/scan.js';
 import {
   ColumnsBuilder,
   MetricRecorder,
@@ -17,6 +20,7 @@ import {
   eventAt,
   isPassing,
   relayLogLine,
+  signalTypes,
 } from '../../src/workers/engine-link.js';
 
 test('recorded counters and observations replay as the same metric values', async () => {
@@ -117,6 +121,37 @@ test('events cross to the engine as columns and come back as the same events', (
   const withoutIds = new ColumnsBuilder(1, typeIndex);
   withoutIds.add(events[0]!, 1);
   assert.equal(withoutIds.build().columns.ids, null, 'no id column when no event has an id');
+});
+
+test('scanned events give the same columns as decoded ones, for thousands of names', () => {
+  const limits = { ...loadConfig({}), maxEventAgeMs: Number.MAX_SAFE_INTEGER };
+  const { index } = signalTypes(limits.signals);
+  const scanner = new EventScanner(limits, index);
+  // Enough distinct names, some long, to grow the dictionaries' tables and byte stores; the
+  // non-ASCII ones the scanner leaves to decodeEvent, mixed with scanned ones of one batch.
+  const messages = Array.from({ length: 6_000 }, (_, n) => {
+    const user = n % 7 === 0 ? `ü${n % 900}` : `user-${(n * 31) % 2_500}-${'x'.repeat(n % 40)}`;
+    const event = { user, item: `i${n % 1_700}`, ts: 1_000 + n, type: n % 3 ? 'click' : 'like' };
+    return Buffer.from(JSON.stringify(n % 5 ? event : { ...event, value: n / 8, id: `e${n}` }));
+  });
+  const decoded = new ColumnsBuilder(messages.length, index);
+  const mixed = new ColumnsBuilder(messages.length, index);
+  let scanned = 0;
+  messages.forEach((bytes, n) => {
+    const result = decodeEvent(bytes, 2_000, limits);
+    assert.ok(result.ok);
+    decoded.add(result.event, n);
+    if (!scanner.scan(bytes, 2_000)) return mixed.add(result.event, n);
+    mixed.addScanned(bytes, scanner, n);
+    scanned++;
+  });
+
+  assert.ok(scanned > 5_000, `${scanned} of the messages were scanned`);
+  const expected = decoded.build().columns;
+  assert.deepEqual(mixed.build().columns, expected);
+  const users = messages.map((bytes) => (JSON.parse(bytes.toString()) as { user: string }).user);
+  assert.deepEqual(expected.userNames, [...new Set(users)], 'each user once, first seen first');
+  assert.ok(expected.userNames.length > 1_000);
 });
 
 test('Redis outages and retriable errors are waited out; other faults are not', () => {
