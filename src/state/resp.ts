@@ -33,7 +33,7 @@ export class RespEncoder {
   add(args: RespArgument[]): void {
     this.size += headerLength(args.length);
     for (const arg of args) {
-      const length = typeof arg === 'string' ? Buffer.byteLength(arg) : arg.byteLength;
+      const length = typeof arg === 'string' ? utf8Length(arg) : arg.byteLength;
       this.lengths.push(length);
       this.size += headerLength(length) + length + 2;
     }
@@ -50,17 +50,14 @@ export class RespEncoder {
     let at = 0;
     let next = 0;
     for (const args of this.commands) {
-      at += bytes.write(`*${args.length}\r\n`, at, 'latin1');
+      at = writeHeader(bytes, at, ARRAY, args.length);
       for (const arg of args) {
         const length = this.lengths[next++]!;
-        at += bytes.write(`$${length}\r\n`, at, 'latin1');
-        if (typeof arg === 'string') at += bytes.write(arg, at, length, 'utf8');
-        else {
-          bytes.set(arg, at);
-          at += length;
-        }
-        bytes[at++] = 13;
-        bytes[at++] = 10;
+        at = writeHeader(bytes, at, BULK, length);
+        at =
+          typeof arg === 'string' ? writeText(bytes, at, arg, length) : writeBytes(bytes, at, arg);
+        bytes[at++] = CR;
+        bytes[at++] = LF;
       }
     }
     return bytes.subarray(0, at);
@@ -76,9 +73,64 @@ export class RespEncoder {
   }
 }
 
+const ARRAY = 0x2a;
+const BULK = 0x24;
+const CR = 13;
+const LF = 10;
+/**
+ * Texts up to this long are measured and copied here, character by character: each call into
+ * Buffer's native code costs more than that for the short field names and numbers that make
+ * most of a state write's arguments.
+ */
+const SHORT_TEXT = 64;
+
 /** `*n\r\n` or `$n\r\n`. */
 function headerLength(n: number): number {
-  return String(n).length + 3;
+  return digitCount(n) + 3;
+}
+
+function digitCount(n: number): number {
+  let count = 1;
+  for (let rest = n; rest >= 10; rest = Math.floor(rest / 10)) count++;
+  return count;
+}
+
+/** Writes `*n\r\n` or `$n\r\n` at `at`; returns where it ends. */
+function writeHeader(bytes: Buffer, at: number, kind: number, n: number): number {
+  bytes[at] = kind;
+  const end = at + 1 + digitCount(n);
+  let rest = n;
+  for (let k = end - 1; k > at; k--) {
+    const next = Math.floor(rest / 10);
+    bytes[k] = 48 + rest - 10 * next;
+    rest = next;
+  }
+  bytes[end] = CR;
+  bytes[end + 1] = LF;
+  return end + 2;
+}
+
+/** The UTF-8 length of `text`: its length when it is short and ASCII. */
+function utf8Length(text: string): number {
+  if (text.length > SHORT_TEXT) return Buffer.byteLength(text, 'utf8');
+  for (let k = 0; k < text.length; k++) {
+    if (text.charCodeAt(k) >= 0x80) return Buffer.byteLength(text, 'utf8');
+  }
+  return text.length;
+}
+
+/** Writes `text`, `length` bytes of UTF-8, at `at`; returns where it ends. */
+function writeText(bytes: Buffer, at: number, text: string, length: number): number {
+  if (length !== text.length || length > SHORT_TEXT) {
+    return at + bytes.write(text, at, length, 'utf8');
+  }
+  for (let k = 0; k < length; k++) bytes[at + k] = text.charCodeAt(k);
+  return at + length;
+}
+
+function writeBytes(bytes: Buffer, at: number, arg: Uint8Array): number {
+  bytes.set(arg, at);
+  return at + arg.byteLength;
 }
 
 class PreEncoded extends Command {

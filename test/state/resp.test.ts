@@ -30,6 +30,25 @@ test('commands encode as arrays of bulk strings, byte lengths counted in UTF-8',
   assert.deepEqual(Buffer.concat(parts), expected, 'each command holds its own bytes, in order');
 });
 
+test('lengths of many digits, long texts and commands of ten and more arguments', () => {
+  const args = ['HSET', 'k', 'a'.repeat(64), 'b'.repeat(65), 'ü'.repeat(40), 'x'.repeat(12_345)];
+  const bulk = new Uint8Array(100_001).fill(7);
+  const encoder = new RespEncoder();
+  encoder.add([...args, bulk, ...Array.from({ length: 5 }, (_, i) => String(10 ** i))]);
+
+  // Written out from the definition: each argument `$<UTF-8 byte length>\r\n<bytes>\r\n`.
+  const texts = [...args.slice(0, 6)];
+  const tail = Array.from({ length: 5 }, (_, i) => String(10 ** i));
+  const bulkText = (text: string) => `$${Buffer.byteLength(text)}\r\n${text}\r\n`;
+  const expected = Buffer.concat([
+    Buffer.from(`*12\r\n${texts.map(bulkText).join('')}$100001\r\n`, 'utf8'),
+    Buffer.from(bulk),
+    Buffer.from(`\r\n${tail.map(bulkText).join('')}`, 'utf8'),
+  ]);
+  assert.equal(encoder.byteLength, expected.length);
+  assert.deepEqual(encoder.encode(), expected);
+});
+
 test('a view of a larger array is encoded as its own bytes only', () => {
   const whole = Float32Array.of(1, 2, 3, 4);
   const view = new Uint8Array(whole.buffer, 4, 8);

@@ -238,6 +238,7 @@ test('a history entry is written exactly as JSON.stringify gives it, whatever it
     { item: 'i4', ts: 1_733_250_000_999, type: 'like', value: 3, id: 'e-2' },
     { item: 'quote " back \\ ctrl \u0001 é 😀', ts: 1_733_250_000_000, type: 'ty"pe' },
     { item: 'small', ts: 1_000, type: 'click' },
+    { item: `long-${'é'.repeat(40)}`, ts: 1_733_250_000_002, type: 'click' },
     { item: 'fraction', ts: 1_733_250_000_000.5, type: 'click' },
     { item: 'max', ts: Number.MAX_SAFE_INTEGER, type: 'click', value: 1e-7 },
     { ts: 1_733_250_000_000, item: 'other order', type: 'click' } as HistoryEntry,
