@@ -223,7 +223,7 @@ async function measure(
 }
 
 async function breakdown(metrics: WorkerMetrics): Promise<Breakdown> {
-  const summary = async (histogram: { get(): Promise<{ values: Sample[] }> }) => {
+  const summary = async (histogram: { get(): Promise<{ values: readonly Sample[] }> }) => {
     const { values } = await histogram.get();
     const find = (suffix: string) =>
       values.find((sample) => sample.metricName?.endsWith(suffix))?.value ?? 0;

@@ -124,13 +124,24 @@ export class ItemStore {
     return Number((await this.redis.hget(catalogMetaKey(this.keys), 'version')) ?? 0);
   }
 
+  /**
+   * The embeddings of `items` that exist, as views of one array: allocated one by one, the
+   * arrays cost 7 µs each (10,000 took 73 ms of a worker's first batch), most of it the
+   * allocation of a backing store outside the heap.
+   */
   async getMany(items: readonly string[], dim: number): Promise<Map<string, Float32Array>> {
     const found = new Map<string, Float32Array>();
     if (items.length === 0) return found;
     const values = await this.redis.hmgetBuffer(catalogItemsKey(this.keys), ...items);
+
+    const valid = (bytes: Buffer | null): bytes is Buffer => bytes?.length === dim * 4;
+    const block = new Float32Array(values.filter(valid).length * dim);
+    let at = 0;
     items.forEach((item, index) => {
-      const bytes = values[index];
-      if (bytes && bytes.length === dim * 4) found.set(item, decodeFloat32LE(bytes));
+      const bytes = values[index]!;
+      if (!valid(bytes)) return;
+      found.set(item, decodeFloat32LE(bytes, block.subarray(at, at + dim)));
+      at += dim;
     });
     return found;
   }

@@ -3,6 +3,7 @@
  * listed in docs/metrics.md; names are snake_case and end with their unit.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { CountedHistogram } from './counted-histogram.js';
 
 const BATCH_BUCKETS_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
 const FRESHNESS_BUCKETS_S = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600];
@@ -17,8 +18,8 @@ export class WorkerMetrics {
   readonly eventsDeadLettered: Counter<'reason'>;
   readonly eventsPending: Counter<'outcome'>;
   readonly batchSeconds: Histogram;
-  readonly freshnessSeconds: Histogram;
-  readonly redisWriteSeconds: Histogram;
+  readonly freshnessSeconds: CountedHistogram;
+  readonly redisWriteSeconds: CountedHistogram;
   readonly stateConflicts: Counter;
   readonly stateResets: Counter;
   readonly consumerLag: Gauge<'topic' | 'partition'>;
@@ -27,9 +28,9 @@ export class WorkerMetrics {
   readonly itemChanges: Counter<'outcome'>;
   readonly dualSolves: Counter;
   readonly dualFailures: Counter;
-  readonly dualIterations: Histogram;
-  readonly dualResidual: Histogram;
-  readonly dualSolveSeconds: Histogram;
+  readonly dualIterations: CountedHistogram;
+  readonly dualResidual: CountedHistogram;
+  readonly dualSolveSeconds: CountedHistogram;
   readonly batchRetries: Counter;
   readonly flushFailures: Counter;
 
@@ -68,17 +69,17 @@ export class WorkerMetrics {
       'Wall time per batch',
       BATCH_BUCKETS_S,
     );
-    this.freshnessSeconds = histogram(
+    this.freshnessSeconds = countedHistogram(
       registry,
       'affinity_event_freshness_seconds',
       'From event time to its state being acknowledged by Redis',
-      FRESHNESS_BUCKETS_S,
+      STATE_HISTOGRAM_BUCKETS.freshnessSeconds,
     );
-    this.redisWriteSeconds = histogram(
+    this.redisWriteSeconds = countedHistogram(
       registry,
       'affinity_redis_write_seconds',
       'Wall time of the atomic state write of one batch',
-      BATCH_BUCKETS_S,
+      STATE_HISTOGRAM_BUCKETS.redisWriteSeconds,
     );
     this.stateConflicts = counter(
       registry,
@@ -118,23 +119,23 @@ export class WorkerMetrics {
       'affinity_dual_failures_total',
       'Dual solves that threw; the user keeps the previous vector',
     );
-    this.dualIterations = histogram(
+    this.dualIterations = countedHistogram(
       registry,
       'affinity_dual_iterations',
       'Conjugate-gradient iterations per dual solve',
-      ITERATION_BUCKETS,
+      STATE_HISTOGRAM_BUCKETS.dualIterations,
     );
-    this.dualResidual = histogram(
+    this.dualResidual = countedHistogram(
       registry,
       'affinity_dual_relative_residual',
       'Final relative residual |b - Au| / |b| of each dual solve',
-      RESIDUAL_BUCKETS,
+      STATE_HISTOGRAM_BUCKETS.dualResidual,
     );
-    this.dualSolveSeconds = histogram(
+    this.dualSolveSeconds = countedHistogram(
       registry,
       'affinity_dual_solve_seconds',
       'Wall time per dual solve',
-      SOLVE_BUCKETS_S,
+      STATE_HISTOGRAM_BUCKETS.dualSolveSeconds,
     );
     this.batchRetries = counter(
       registry,
@@ -204,6 +205,20 @@ export const STATE_HISTOGRAMS = [
   'dualSolveSeconds',
 ] as const;
 
+/**
+ * The buckets of the state path's histograms, which the engine thread's recorder counts into
+ * before it ships them (workers/engine-link.ts, MetricRecorder).
+ */
+export const STATE_HISTOGRAM_BUCKETS: Readonly<
+  Record<(typeof STATE_HISTOGRAMS)[number], readonly number[]>
+> = {
+  freshnessSeconds: FRESHNESS_BUCKETS_S,
+  redisWriteSeconds: BATCH_BUCKETS_S,
+  dualIterations: ITERATION_BUCKETS,
+  dualResidual: RESIDUAL_BUCKETS,
+  dualSolveSeconds: SOLVE_BUCKETS_S,
+};
+
 export function createRegistry(withProcessMetrics: boolean): Registry {
   const registry = new Registry();
   if (withProcessMetrics) collectDefaultMetrics({ register: registry });
@@ -216,4 +231,13 @@ function counter(registry: Registry, name: string, help: string): Counter {
 
 function histogram(registry: Registry, name: string, help: string, buckets: number[]): Histogram {
   return new Histogram({ name, help, buckets, registers: [registry] });
+}
+
+function countedHistogram(
+  registry: Registry,
+  name: string,
+  help: string,
+  buckets: readonly number[],
+): CountedHistogram {
+  return new CountedHistogram({ name, help, buckets, registers: [registry] });
 }

@@ -16,7 +16,8 @@
 import { AffinityError } from '../errors.js';
 import type { Logger } from '../ops/logger.js';
 import type { CounterLike, HistogramLike, StateMetrics, WorkerMetrics } from '../ops/metrics.js';
-import { STATE_COUNTERS, STATE_HISTOGRAMS } from '../ops/metrics.js';
+import { STATE_COUNTERS, STATE_HISTOGRAMS, STATE_HISTOGRAM_BUCKETS } from '../ops/metrics.js';
+import { bucketOf } from '../ops/counted-histogram.js';
 import type { InteractionEvent, Signals } from '../events/types.js';
 import type { SequencedEvent } from '../state/user-state.js';
 import { eventOf } from '../stream/decode.js';
@@ -368,20 +369,28 @@ export function isPassing(err: unknown): boolean {
 type CounterName = (typeof STATE_COUNTERS)[number];
 type HistogramName = (typeof STATE_HISTOGRAMS)[number];
 
-/** Counter increments summed by metric and labels; histogram observations in order. */
+/** Counter increments summed by metric and labels; histogram observations counted by bucket. */
 export interface MetricDelta {
   readonly counters: readonly (readonly [CounterName, string | null, number])[];
-  readonly histograms: readonly (readonly [HistogramName, Float64Array])[];
+  /** Per histogram: observations per bucket (STATE_HISTOGRAM_BUCKETS, then +Inf) and sum. */
+  readonly histograms: readonly (readonly [HistogramName, Float64Array, number])[];
+}
+
+/** A histogram's observations since the last take. */
+interface Counted {
+  readonly counts: Float64Array;
+  sum: number;
 }
 
 /**
  * StateMetrics that only remember: the engine thread's metrics, taken (and reset) with every
- * message it sends. Counters cost a map update; observations an array push.
+ * message it sends. Counters cost a map update; an observation finds its bucket, so that a
+ * message carries a dozen counts however many events a flush released.
  */
 export class MetricRecorder {
   readonly metrics: StateMetrics;
   private counts = new Map<string, [CounterName, string | null, number]>();
-  private observed = new Map<HistogramName, number[]>();
+  private observed = new Map<HistogramName, Counted>();
 
   constructor() {
     const metrics: Record<string, CounterLike<string> | HistogramLike> = {};
@@ -395,7 +404,7 @@ export class MetricRecorder {
     if (this.counts.size === 0 && this.observed.size === 0) return null;
     const counters = [...this.counts.values()];
     const histograms = [...this.observed].map(
-      ([name, values]) => [name, Float64Array.from(values)] as const,
+      ([name, { counts, sum }]) => [name, counts, sum] as const,
     );
     this.counts = new Map();
     this.observed = new Map();
@@ -419,11 +428,16 @@ export class MetricRecorder {
   }
 
   private histogram(name: HistogramName): HistogramLike {
+    const bounds = STATE_HISTOGRAM_BUCKETS[name];
     return {
       observe: (value: number) => {
-        let values = this.observed.get(name);
-        if (!values) this.observed.set(name, (values = []));
-        values.push(value);
+        let counted = this.observed.get(name);
+        if (!counted) {
+          counted = { counts: new Float64Array(bounds.length + 1), sum: 0 };
+          this.observed.set(name, counted);
+        }
+        counted.counts[bucketOf(bounds, value)]! += 1;
+        counted.sum += value;
       },
     };
   }
@@ -437,10 +451,7 @@ export function applyMetricDelta(metrics: WorkerMetrics, delta: MetricDelta | nu
     if (labels === null) counter.inc(value);
     else counter.inc(JSON.parse(labels) as Record<string, string>, value);
   }
-  for (const [name, values] of delta.histograms) {
-    const histogram = metrics[name];
-    for (const value of values) histogram.observe(value);
-  }
+  for (const [name, counts, sum] of delta.histograms) metrics[name].observeCounts(counts, sum);
 }
 
 const PINO_LEVELS: Record<number, 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal'> = {
