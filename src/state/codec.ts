@@ -10,7 +10,7 @@ import { AffinityError } from '../errors.js';
 import type { AggregateLayout } from '../features/aggregate.js';
 import { POLARITIES, slotIndex } from '../features/aggregate.js';
 import type { HistoryEntry, PendingEntry, UserState } from './user-state.js';
-import { STATE_FORMAT_VERSION, compareHistory, emptyUserState } from './user-state.js';
+import { STATE_FORMAT_VERSION, emptyUserState } from './user-state.js';
 import { decodeFloat32LE, decodeFloat64LE, littleEndianView } from '../encoding/float32.js';
 import type { JsonBytes } from './history-json.js';
 import { HistoryJsonWriter } from './history-json.js';
@@ -40,63 +40,31 @@ export function encodeUserState(
   layout: AggregateLayout,
   revision = state.revision,
 ): EncodedFields {
-  const fields = encodeAllButHistory(state, layout, revision);
-  const writer = new HistoryJsonWriter(ONE_OFF_BLOCK_BYTES);
-  fields.push('hist', encodeHistory(state.history, undefined, writer).json!);
-  return fields;
-}
-
-/** A state write: every field, or every field but `hist` and the edit that makes it in Redis. */
-export interface StateWrite {
-  readonly fields: EncodedFields;
-  /** Null when `fields` holds `hist` itself. */
-  readonly historyEdit: HistoryEdit | null;
+  return encodeStateWrite(state, layout, revision);
 }
 
 /**
- * How the history's JSON of a write is made from the one Redis holds: `baseBytes` is that
- * JSON's length, which the writer checks before it edits; `segments` are pairs, in order, each
- * either (-1, text) or (from, to), the bytes [from, to) of the stored JSON. Their concatenation
- * is the new JSON.
- */
-export interface HistoryEdit {
-  readonly baseBytes: number;
-  /** Offsets as decimal strings, texts as UTF-8 bytes. */
-  readonly segments: readonly (string | JsonBytes)[];
-}
-
-/**
- * The write of `state` as `revision`, its history sent as an edit of the one Redis holds when
- * this process wrote that one (at the revision the write expects) and some of it is kept. The
- * history's bytes are written by `writer` (history-json.ts) and valid until its next reset.
+ * The write of `state` as `revision`, every field; the history's bytes are written by `writer`
+ * (history-json.ts) and valid until its next reset.
  *
- * A history changes little between two writes (a few entries in, as many oldest ones out), yet
- * its JSON is half of a state's bytes: about 10 KB with 200 entries. Rewriting it took most of a
- * write's encoding (the JSON built, measured, copied: 60 of about 100 µs per write at d = 384)
- * and half its bytes on the wire. The edit keeps the stored text of the kept entries, located by
- * the byte offsets of the encoding this process wrote; the writer's script refuses it (as a lost
- * race) unless the stored JSON has the length that encoding had, and the revision guarantees
- * the rest: only a write this process saw confirmed made that revision.
+ * The history goes whole at every write. An edit of the stored one (its new entries as text, the
+ * kept ones as byte ranges that a Lua script copied from the live hash) was what this did until
+ * 2026-12-04: it halved the bytes sent, but the script made Redis copy the stored history into
+ * Lua strings and join them, and cost 48 to 58 µs a write against 7 µs for the plain swap
+ * (INFO commandstats, 5,000 writes with 200-entry histories). Writing the whole JSON costs this
+ * process about 0.2 µs an entry (history-json.ts), so whole histories take the less time in all,
+ * and most of it out of Redis, which every reader shares; docs/benchmarks.md, round of 2026-12-04
+ * 09:00.
  */
 export function encodeStateWrite(
   state: UserState,
   layout: AggregateLayout,
   revision: number,
   writer = new HistoryJsonWriter(ONE_OFF_BLOCK_BYTES),
-): StateWrite {
+): EncodedFields {
   const fields = encodeAllButHistory(state, layout, revision);
-  const written = writtenHistories.get(state);
-  const base = written?.find((encoding) => encoding.revision === state.revision);
-  const encoded = encodeHistory(state.history, base, writer);
-  // Kept: what Redis holds now (the base) and what this write makes, for the write after it.
-  const { entries, starts, byteLength } = encoded;
-  const made = { revision, entries, starts, byteLength };
-  writtenHistories.set(state, base ? [base, made] : [made]);
-  if (encoded.json !== null) {
-    fields.push('hist', encoded.json);
-    return { fields, historyEdit: null };
-  }
-  return { fields, historyEdit: { baseBytes: base!.byteLength, segments: encoded.segments } };
+  fields.push('hist', encodeHistory(state.history, writer));
+  return fields;
 }
 
 function encodeAllButHistory(
@@ -143,137 +111,16 @@ function encodeDual(dual: NonNullable<UserState['dual']>, fields: EncodedFields)
   fields.push('dual', littleEndianView(dual.vector), 'dual_stats', JSON.stringify(stats));
 }
 
-/**
- * The history's JSON as a write left it in Redis: which entries, where each one's text starts
- * (in bytes), and the whole length. The JSON is `[` + the entries' texts joined by `,` + `]`,
- * exactly JSON.stringify of the history (history-json.ts). Entries are never mutated, so an
- * entry of the state that is the very object of an earlier encoding has the same text.
- */
-interface WrittenHistory {
-  /** The revision of the write that carried it. */
-  readonly revision: number;
-  readonly entries: readonly HistoryEntry[];
-  readonly starts: readonly number[];
-  readonly byteLength: number;
-}
-
-/** Per state, the last write's history and the one before it (see encodeStateWrite). */
-const writtenHistories = new WeakMap<UserState, WrittenHistory[]>();
-
-interface EncodedHistory {
-  readonly entries: readonly HistoryEntry[];
-  readonly starts: readonly number[];
-  readonly byteLength: number;
-  /** The whole JSON, when no entry of the base is kept (or there is no base). */
-  readonly json: JsonBytes | null;
-  /** Otherwise the edit of the base's JSON, as HistoryEdit's segments. */
-  readonly segments: readonly (string | JsonBytes)[];
-}
-
-/**
- * Both lists are sorted by compareHistory, so one merge pass finds each kept entry (the same
- * object) in the base; a run of entries kept next to each other is one range of the stored
- * bytes, commas included, and everything else goes as text.
- */
-function encodeHistory(
-  history: readonly HistoryEntry[],
-  base: WrittenHistory | undefined,
-  writer: HistoryJsonWriter,
-): EncodedHistory {
-  const edit = new HistoryEditBuilder(base, writer);
-  const starts = new Array<number>(history.length);
-  const entries = base?.entries ?? [];
-  let at = 1;
-  let j = 0;
-  for (let i = 0; i < history.length; i++) {
-    const entry = history[i]!;
-    if (entries[j] !== entry) {
-      while (j < entries.length && compareHistory(entries[j]!, entry) < 0) j++;
-    }
-    starts[i] = at;
-    if (entries[j] === entry) at += edit.kept(i, j++) + 1;
-    else at += edit.added(i, entry) + 1;
-  }
-  const byteLength = Math.max(2, at);
-  return { entries: history.slice(), starts, byteLength, ...edit.finish() };
-}
-
-/**
- * Collects the segments of a history edit, merging neighbouring texts and ranges. A text is
- * one piece of the writer's, open from its first byte until a range or the end closes it.
- */
-class HistoryEditBuilder {
-  private readonly segments: (string | JsonBytes)[] = [];
-  private textOpen = false;
-  private rangeFrom = -1;
-  private rangeTo = -1;
-  private lastKept = -2;
-  private keptAny = false;
-
-  constructor(
-    private readonly base: WrittenHistory | undefined,
-    private readonly writer: HistoryJsonWriter,
-  ) {
-    this.text('[');
-  }
-
-  /** Entry `i` of the new history is entry `j` of the base; returns its text's bytes. */
-  kept(i: number, j: number): number {
-    const base = this.base!;
-    const from = base.starts[j]!;
-    const to = (base.starts[j + 1] ?? base.byteLength) - 1;
-    this.keptAny = true;
-    if (j === this.lastKept + 1 && this.rangeFrom >= 0) this.rangeTo = to;
-    else {
-      this.flushRange();
-      if (i > 0) this.text(',');
-      this.flushText();
-      this.rangeFrom = from;
-      this.rangeTo = to;
-    }
-    this.lastKept = j;
-    return to - from;
-  }
-
-  /** Entry `i` of the new history is new; returns its text's bytes. */
-  added(i: number, entry: HistoryEntry): number {
-    this.flushRange();
-    this.lastKept = -2;
-    if (i > 0) this.text(',');
-    this.openText();
-    return this.writer.entry(entry);
-  }
-
-  finish(): { json: JsonBytes | null; segments: (string | JsonBytes)[] } {
-    this.flushRange();
-    this.text(']');
-    if (!this.keptAny) return { json: this.writer.end(), segments: [] };
-    this.flushText();
-    return { json: null, segments: this.segments };
-  }
-
-  private text(ascii: string): void {
-    this.openText();
-    this.writer.ascii(ascii);
-  }
-
-  private openText(): void {
-    if (this.textOpen) return;
-    this.writer.begin();
-    this.textOpen = true;
-  }
-
-  private flushRange(): void {
-    if (this.rangeFrom < 0) return;
-    this.segments.push(String(this.rangeFrom), String(this.rangeTo));
-    this.rangeFrom = -1;
-  }
-
-  private flushText(): void {
-    if (!this.textOpen) return;
-    this.segments.push('-1', this.writer.end());
-    this.textOpen = false;
-  }
+/** The history's JSON, exactly JSON.stringify's: `[`, the entries joined by `,`, `]`. */
+function encodeHistory(history: readonly HistoryEntry[], writer: HistoryJsonWriter): JsonBytes {
+  writer.begin();
+  writer.ascii('[');
+  history.forEach((entry, i) => {
+    if (i > 0) writer.ascii(',');
+    writer.entry(entry);
+  });
+  writer.ascii(']');
+  return writer.end();
 }
 
 /**

@@ -1,7 +1,6 @@
 /**
- * The history's JSON written as bytes, straight into reusable memory: what a flush sends of the
- * histories it writes whole (a state's first write in this process, about 9 KB at 200 entries)
- * and of the new entries of the ones it writes as edits (codec.ts, encodeStateWrite).
+ * The history's JSON written as bytes, straight into reusable memory: what a flush sends of
+ * each history it writes (codec.ts, encodeStateWrite), about 9 KB at 200 entries.
  *
  * Built as strings, an entry took about 0.3 µs: formatting it, concatenating it to the rest,
  * testing it for characters beyond ASCII to count its bytes, then copying the whole text into

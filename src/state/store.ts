@@ -14,12 +14,6 @@
  * its own strings.
  * Both keys carry the user's hash tag, so the script is valid on Redis Cluster; the staging key
  * expires by itself if a writer dies between the two steps.
- *
- * The history, half of a state's bytes, usually goes as an edit of the one the live key holds
- * (codec.ts, encodeStateWrite): its new entries as text and its kept ones as byte ranges of the
- * stored JSON, from which the swap script makes the staging key's `hist` before the RENAME. The
- * new entries are a few hundred bytes, so passing them through the script's arguments costs
- * little, unlike the whole state above.
  */
 import { createHash, randomUUID } from 'node:crypto';
 import type { Writable } from 'node:stream';
@@ -46,44 +40,15 @@ if tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) else redis
 return 1
 `;
 
-/**
- * The swap of a write whose history goes as an edit of the stored one (codec.ts,
- * encodeStateWrite): the staging key gets the history made from the live key's, then the swap
- * as above. A stored history of another length than the edit's base is refused like a lost race
- * (the caller reads the state again and writes it whole).
- * KEYS: live key, staging key. ARGV: expected revision, idle TTL in ms, the base's byte length,
- * then the edit's segments in pairs: (-1, text) or (from, to), bytes [from, to) of the stored
- * history.
- */
-const SWAP_EDITED_STATE_LUA = `
-local current = redis.call('HGET', KEYS[1], 'rev') or '0'
-local stored = redis.call('HGET', KEYS[1], 'hist')
-if current ~= ARGV[1] or not stored or #stored ~= tonumber(ARGV[3]) then
-  redis.call('DEL', KEYS[2])
-  return 0
-end
-local parts = {}
-for k = 4, #ARGV, 2 do
-  local from = tonumber(ARGV[k])
-  if from < 0 then parts[#parts + 1] = ARGV[k + 1]
-  else parts[#parts + 1] = string.sub(stored, from + 1, tonumber(ARGV[k + 1])) end
-end
-redis.call('HSET', KEYS[2], 'hist', table.concat(parts))
-redis.call('RENAME', KEYS[2], KEYS[1])
-if tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) else redis.call('PERSIST', KEYS[1]) end
-return 1
-`;
-
 /** Redis names a loaded script by the SHA-1 of its text. */
 const SWAP_STATE_SHA = sha1(SWAP_STATE_LUA);
-const SWAP_EDITED_STATE_SHA = sha1(SWAP_EDITED_STATE_LUA);
 
 /** How long a staging key outlives a writer that died before its swap. */
 const STAGING_TTL_MS = '600000';
 
 /**
- * Users per pipeline of a write: about 5 MB at d = 384 with the default half-lives and whole
- * histories of 200 entries, about 3 MB when the histories go as edits.
+ * Users per pipeline of a write: about 5 MB at d = 384 with the default half-lives and
+ * histories of 200 entries.
  */
 const WRITE_CHUNK_USERS = 256;
 /**
@@ -139,9 +104,7 @@ export class UserStateStore {
    */
   private loadSwapScript(): void {
     this.scriptLoading = true;
-    for (const script of [SWAP_STATE_LUA, SWAP_EDITED_STATE_LUA]) {
-      this.writer.script('LOAD', script).catch(() => undefined);
-    }
+    this.writer.script('LOAD', SWAP_STATE_LUA).catch(() => undefined);
   }
 
   /**
@@ -252,21 +215,10 @@ export class UserStateStore {
       const staging = userStagingKey(this.keys, user, this.writerId);
       const revision = String(state.revision);
       const revisionWritten = state.revision + 1;
-      const { fields, historyEdit } = encodeStateWrite(
-        state,
-        layout,
-        revisionWritten,
-        this.historyWriter,
-      );
+      const fields = encodeStateWrite(state, layout, revisionWritten, this.historyWriter);
       encoder.add(['HSET', staging, ...fields]);
       encoder.add(['PEXPIRE', staging, STAGING_TTL_MS]);
-      if (historyEdit === null) {
-        encoder.add(['EVALSHA', SWAP_STATE_SHA, '2', key, staging, revision, idleTtlMs]);
-        continue;
-      }
-      const { baseBytes, segments } = historyEdit;
-      const swap = [SWAP_EDITED_STATE_SHA, '2', key, staging, revision, idleTtlMs];
-      encoder.add(['EVALSHA', ...swap, String(baseBytes), ...segments]);
+      encoder.add(['EVALSHA', SWAP_STATE_SHA, '2', key, staging, revision, idleTtlMs]);
     }
 
     const bytes = this.spareBuffers.take(encoder.byteLength);
