@@ -199,6 +199,21 @@ test('a history entry is written exactly as JSON.stringify gives it, whatever it
   }
 });
 
+test('timestamps of every length are written as JSON.stringify writes them', () => {
+  // Digits go eight at a time, then in pairs (history-json.ts): each boundary, and both sides.
+  const random = seededRandom(5);
+  const values = [0, Number.MAX_SAFE_INTEGER, 123_456_789_012_345, 90_071_992 * 1e8 - 1];
+  for (let k = 1; k <= 15; k++) values.push(10 ** k - 1, 10 ** k, 10 ** k + 1, 2 * 10 ** k - 1);
+  for (let n = 0; n < 5_000; n++) values.push(Math.floor(random() * 10 ** (1 + 15 * random())));
+  const writer = new HistoryJsonWriter(64);
+  for (const ts of values) {
+    const entry = { item: 'i', ts, type: 'click' };
+    writer.begin();
+    writer.entry(entry);
+    assert.equal(Buffer.from(writer.end()).toString(), JSON.stringify(entry), String(ts));
+  }
+});
+
 test('pieces written stay whole and valid until the reset, across blocks and reuse', () => {
   // Blocks of 64 bytes: most pieces outgrow the block they started in and move, and a piece
   // may be larger than a block. Every piece must still read back as written until the reset,
