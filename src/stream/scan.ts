@@ -150,14 +150,24 @@ export class EventScanner {
     return -1;
   }
 
-  /** An integer of at most MAX_EXACT_DIGITS digits; anything else is decodeEvent's to judge. */
+  /**
+   * An integer of at most MAX_EXACT_DIGITS digits, read in one pass; a fraction, an exponent,
+   * a leading zero or more digits are decodeEvent's to judge.
+   */
   private timestamp(bytes: Buffer, p: number): number {
-    const end = numberEnd(bytes, p);
-    if (end < 0) return -1;
-    const ts = exactInteger(bytes, p, end);
-    if (Number.isNaN(ts)) return -1;
-    this.ts = ts;
-    return end;
+    const negative = bytes[p] === MINUS;
+    const first = negative ? p + 1 : p;
+    let ts = 0;
+    let at = first;
+    for (let c = bytes[at]; c !== undefined && c >= ZERO && c <= NINE; c = bytes[++at]) {
+      ts = ts * 10 + (c - ZERO);
+    }
+    const digits = at - first;
+    if (digits === 0 || digits > MAX_EXACT_DIGITS) return -1;
+    if (bytes[first] === ZERO && digits > 1) return -1;
+    // A fraction or an exponent after the digits fails the caller's check for `,` or `}`.
+    this.ts = negative ? -ts : ts;
+    return at;
   }
 
   private number(bytes: Buffer, p: number): number {
@@ -184,21 +194,35 @@ export class EventScanner {
 /** The field a key spelled by bytes[start, end) names. */
 function fieldOf(bytes: Buffer, start: number, end: number): number {
   const length = end - start;
-  const first = bytes[start];
   if (length === 2) {
-    if (first === 0x74 && bytes[start + 1] === 0x73) return TS;
-    if (first === 0x69 && bytes[start + 1] === 0x64) return ID;
-    return UNKNOWN;
+    const word = bytes[start]! | (bytes[start + 1]! << 8);
+    if (word === TS_WORD) return TS;
+    return word === ID_WORD ? ID : UNKNOWN;
   }
-  if (length === 4) {
-    if (first === 0x75 && spells(bytes, start, 'user')) return USER;
-    if (first === 0x69 && spells(bytes, start, 'item')) return ITEM;
-    if (first === 0x74 && spells(bytes, start, 'type')) return TYPE;
-    return UNKNOWN;
-  }
-  if (length === 5 && first === 0x76 && spells(bytes, start, 'value')) return VALUE;
-  return UNKNOWN;
+  if (length !== 4 && length !== 5) return UNKNOWN;
+  const word = wordAt(bytes, start);
+  if (length === 5) return word === VALU_WORD && bytes[start + 4] === 0x65 ? VALUE : UNKNOWN;
+  if (word === USER_WORD) return USER;
+  if (word === ITEM_WORD) return ITEM;
+  return word === TYPE_WORD ? TYPE : UNKNOWN;
 }
+
+/** Four bytes as a little-endian 32-bit integer (the bytes exist: the key's quote follows). */
+function wordAt(bytes: Buffer, at: number): number {
+  return bytes[at]! | (bytes[at + 1]! << 8) | (bytes[at + 2]! << 16) | (bytes[at + 3]! << 24);
+}
+
+/** A key's first four characters as wordAt reads them. */
+function wordOf(text: string): number {
+  return wordAt(Buffer.from(text.slice(0, 4), 'latin1'), 0);
+}
+
+const USER_WORD = wordOf('user');
+const ITEM_WORD = wordOf('item');
+const TYPE_WORD = wordOf('type');
+const VALU_WORD = wordOf('value');
+const TS_WORD = 0x74 | (0x73 << 8);
+const ID_WORD = 0x69 | (0x64 << 8);
 
 function spells(bytes: Buffer, start: number, word: string): boolean {
   for (let i = 0; i < word.length; i++) {

@@ -125,6 +125,18 @@ function mutated(base: Buffer, next: () => number): Buffer {
   return Buffer.from(bytes);
 }
 
+test('with any timestamp allowed, a timestamp that is not a JSON number is still refused', () => {
+  // The range check would refuse 0 otherwise, and hide a scanner that read no digits as 0.
+  const open = new EventScanner({ ...limits, maxEventAgeMs: Number.MAX_SAFE_INTEGER }, types.index);
+  const read = (text: string) => open.scan(Buffer.from(text), NOW_MS);
+  assert.equal(read('{"user":"u1","item":"i9","ts":0,"type":"click"}'), true);
+  assert.equal(read('{"user":"u1","item":"i9","ts":-0,"type":"click"}'), true);
+  for (const ts of ['', '-', '-,', '00', '01', '1.', '.5', '1e3', '+1', '0x10']) {
+    const text = `{"user":"u1","item":"i9","ts":${ts},"type":"click"}`;
+    assert.equal(read(text), false, text);
+  }
+});
+
 test('on 60,000 mutated messages the scanner never accepts what decodeEvent would not', () => {
   const next = seededRandom(20_261_204);
   const bases = [
