@@ -28,14 +28,15 @@ async function reference(values: readonly number[]): Promise<string> {
   return registry.metrics();
 }
 
-test('observed one by one, it exposes what prom-client exposes', async () => {
+/** A CountedHistogram of the test's buckets, on a registry of its own. */
+function counted(): { registry: Registry; histogram: CountedHistogram } {
   const registry = new Registry();
-  const histogram = new CountedHistogram({
-    name: NAME,
-    help: HELP,
-    buckets: BUCKETS,
-    registers: [registry],
-  });
+  const options = { name: NAME, help: HELP, buckets: BUCKETS, registers: [registry] };
+  return { registry, histogram: new CountedHistogram(options) };
+}
+
+test('observed one by one, it exposes what prom-client exposes', async () => {
+  const { registry, histogram } = counted();
   const values = observations();
   for (const value of values) histogram.observe(value);
 
@@ -44,13 +45,7 @@ test('observed one by one, it exposes what prom-client exposes', async () => {
 });
 
 test('counted into buckets first, in two parts, it exposes the same', async () => {
-  const registry = new Registry();
-  const histogram = new CountedHistogram({
-    name: NAME,
-    help: HELP,
-    buckets: BUCKETS,
-    registers: [registry],
-  });
+  const { registry, histogram } = counted();
   const values = observations();
   for (const part of [values.slice(0, 300), values.slice(300)]) {
     const counts = new Float64Array(BUCKETS.length + 1);
