@@ -68,15 +68,27 @@ export class HistoryJsonWriter {
     if (!Number.isSafeInteger(ts) || ts < 0 || !isHistoryShape(entry)) {
       return this.utf8(JSON.stringify(entry));
     }
-    let bytes = this.copy(this.itemPrefix(item));
-    bytes += this.digits(ts);
     if (entry.value === undefined && entry.id === undefined) {
-      return bytes + this.copy(this.typeSuffix(type));
+      return this.plainEntry(this.itemPrefix(item), ts, this.typeSuffix(type));
     }
+    const bytes = this.copy(this.itemPrefix(item)) + this.digits(ts);
     let rest = `,"type":${JSON.stringify(type)}`;
     if (entry.value !== undefined) rest += `,"value":${JSON.stringify(entry.value)}`;
     if (entry.id !== undefined) rest += `,"id":${JSON.stringify(entry.id)}`;
     return bytes + this.utf8(rest + '}');
+  }
+
+  /** An entry of item, ts and type alone, in one go: room made once for its three parts. */
+  private plainEntry(prefix: Buffer, ts: number, suffix: Buffer): number {
+    const digits = digitCount(ts);
+    const length = prefix.length + digits + suffix.length;
+    this.room(length);
+    const at = this.at;
+    this.block.set(prefix, at);
+    writeDigits(this.block, at + prefix.length + digits, ts);
+    this.block.set(suffix, at + prefix.length + digits);
+    this.at = at + length;
+    return length;
   }
 
   /** The piece since `begin`. */
@@ -110,8 +122,7 @@ export class HistoryJsonWriter {
 
   /** A non-negative safe integer in decimal, as JSON.stringify gives it. */
   private digits(value: number): number {
-    let count = 1;
-    while (count < POWERS_OF_TEN.length && value >= POWERS_OF_TEN[count]!) count++;
+    const count = digitCount(value);
     this.room(count);
     writeDigits(this.block, this.at + count, value);
     this.at += count;
@@ -149,6 +160,13 @@ function cachedBytes(cache: Map<string, Buffer>, key: string, text: () => string
   bytes = Buffer.from(text());
   cache.set(key, bytes);
   return bytes;
+}
+
+/** How many decimal digits a non-negative safe integer has. */
+function digitCount(value: number): number {
+  let count = 1;
+  while (count < POWERS_OF_TEN.length && value >= POWERS_OF_TEN[count]!) count++;
+  return count;
 }
 
 /**
