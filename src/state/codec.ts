@@ -52,9 +52,9 @@ export function encodeUserState(
  * 2026-12-04: it halved the bytes sent, but the script made Redis copy the stored history into
  * Lua strings and join them, and cost 48 to 58 µs a write against 7 µs for the plain swap
  * (INFO commandstats, 5,000 writes with 200-entry histories). Writing the whole JSON costs this
- * process about 0.2 µs an entry (history-json.ts), so whole histories take the less time in all,
+ * process 0.15 to 0.2 µs an entry (history-json.ts), so whole histories take less time in all,
  * and most of it out of Redis, which every reader shares; docs/benchmarks.md, round of 2026-12-04
- * 09:00.
+ * 09:05.
  */
 export function encodeStateWrite(
   state: UserState,

@@ -26,7 +26,7 @@ export interface EngineEvents {
  * history entries alive: a larger young generation scavenges less often for the same live set.
  * The engine's scavenges took 428 ms per million events at the default; in three sets of
  * interleaved runs, method 1 went from 185,000–219,000 to 209,000–229,000 events/s with 64
- * (docs/benchmarks.md, round of 2026-12-04 09:00).
+ * (docs/benchmarks.md, round of 2026-12-04 09:05).
  */
 const ENGINE_YOUNG_GENERATION_MB = 64;
 
