@@ -30,22 +30,11 @@ const READABLE_FORMAT_VERSIONS = new Set(['1', String(STATE_FORMAT_VERSION)]);
 const ONE_OFF_BLOCK_BYTES = 16_384;
 
 /**
- * Encodes the whole state as field, value, field, value..., with `revision` as its revision
- * (the writer stores the next one). No binary value is copied here: a flush encodes thousands
- * of states, and a 10 KB allocation per state cost more than the rest of its encoding (Node
- * allocates each buffer over 4 KB apart and accounts it to the garbage collector).
- */
-export function encodeUserState(
-  state: UserState,
-  layout: AggregateLayout,
-  revision = state.revision,
-): EncodedFields {
-  return encodeStateWrite(state, layout, revision);
-}
-
-/**
- * The write of `state` as `revision`, every field; the history's bytes are written by `writer`
- * (history-json.ts) and valid until its next reset.
+ * The write of `state` as `revision` (the writer stores state.revision + 1), every field as
+ * field, value, field, value...; the history's bytes are written by `writer` (history-json.ts)
+ * and valid until its next reset. No other binary value is copied here: a flush encodes
+ * thousands of states, and a 10 KB allocation per state cost more than the rest of its encoding
+ * (Node allocates each buffer over 4 KB apart and accounts it to the garbage collector).
  *
  * The history goes whole at every write. An edit of the stored one (its new entries as text, the
  * kept ones as byte ranges that a Lua script copied from the live hash) was what this did until

@@ -11,6 +11,7 @@
  * reconnection) on its own.
  */
 import { Command } from 'ioredis';
+import { digitCount, writeDigits } from '../encoding/decimal.js';
 
 export type RespArgument = string | Uint8Array;
 
@@ -89,22 +90,11 @@ function headerLength(n: number): number {
   return digitCount(n) + 3;
 }
 
-function digitCount(n: number): number {
-  let count = 1;
-  for (let rest = n; rest >= 10; rest = Math.floor(rest / 10)) count++;
-  return count;
-}
-
 /** Writes `*n\r\n` or `$n\r\n` at `at`; returns where it ends. */
 function writeHeader(bytes: Buffer, at: number, kind: number, n: number): number {
   bytes[at] = kind;
   const end = at + 1 + digitCount(n);
-  let rest = n;
-  for (let k = end - 1; k > at; k--) {
-    const next = Math.floor(rest / 10);
-    bytes[k] = 48 + rest - 10 * next;
-    rest = next;
-  }
+  writeDigits(bytes, end, n);
   bytes[end] = CR;
   bytes[end + 1] = LF;
   return end + 2;

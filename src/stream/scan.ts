@@ -27,6 +27,8 @@ const PLUS = 0x2b;
 const DOT = 0x2e;
 const ZERO = 0x30;
 const NINE = 0x39;
+/** What a skipped value may be besides a string or a number. */
+const LITERALS = ['true', 'false', 'null'].map((word) => Buffer.from(word, 'latin1'));
 /** The most digits an integer may have here and still be exact in a float64 (< 2^53). */
 const MAX_EXACT_DIGITS = 15;
 
@@ -224,13 +226,6 @@ const VALU_WORD = wordOf('value');
 const TS_WORD = 0x74 | (0x73 << 8);
 const ID_WORD = 0x69 | (0x64 << 8);
 
-function spells(bytes: Buffer, start: number, word: string): boolean {
-  for (let i = 0; i < word.length; i++) {
-    if (bytes[start + i] !== word.charCodeAt(i)) return false;
-  }
-  return true;
-}
-
 function sameBytes(name: Buffer, bytes: Buffer, start: number): boolean {
   for (let i = 0; i < name.length; i++) {
     if (name[i] !== bytes[start + i]) return false;
@@ -318,8 +313,8 @@ function skipPlainValue(bytes: Buffer, p: number): number {
     return end < 0 ? -1 : end + 1;
   }
   if (c === MINUS || (c !== undefined && c >= ZERO && c <= NINE)) return numberEnd(bytes, p);
-  for (const literal of ['true', 'false', 'null']) {
-    if (c === literal.charCodeAt(0) && spells(bytes, p, literal)) return p + literal.length;
+  for (const literal of LITERALS) {
+    if (sameBytes(literal, bytes, p)) return p + literal.length;
   }
   return -1;
 }

@@ -103,7 +103,9 @@ const NO_WRITES: WriteOutcome = { written: [], conflicts: [] };
  * What a flush costs this thread per user before one has been measured: 0.048 ms at d = 384
  * with method 1 alone (5,000 users in 239 ms, docs/benchmarks.md, round of 2026-12-04 07:00).
  * Without it the first flush of a backlog counted as free and went out on the plain interval,
- * writing every user for a handful of events each.
+ * writing every user for a handful of events each. That flush's histories were short; with
+ * fuller ones a backlog's first flush cost 0.1 to 0.13 ms per user (round of 09:05, where 0.1
+ * was tried and left: it only moves when a backlog's first flush comes).
  */
 const FIRST_FLUSH_BUSY_MS_PER_USER = 0.05;
 /**
