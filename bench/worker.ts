@@ -2,7 +2,7 @@
  * Events per second and worker CPU per event, beside a bare kafkajs consumer reading the same
  * topic in the same run (the ceiling the worker is measured against).
  *
- * Setup: a fresh topic with N events (default 1,000,000) over U users (default 5,000), a
+ * Setup: a fresh topic with N events (default 4,000,000) over U users (default 5,000), a
  * catalogue of 10,000 random unit vectors at dimension 384 loaded into Redis, default signals
  * and half-lives. Three consumers then read the whole topic, one after the other, each in its
  * own consumer group: the bare consumer (resolves and commits, nothing else), the worker with
@@ -10,10 +10,17 @@
  * worker's settings (AFFINITY_FETCH_MAX_BYTES_PER_PARTITION and the fetch wait), so both read
  * the same batches. Each rate is measured from the first batch read to the last event
  * acknowledged, so group joins are left out; CPU is this process's
- * user + system time over the same window (the Redis server's CPU is not included). A million
- * events make the rates sustained ones: with 100,000 the bare consumer is done in a quarter of
- * a second, and the worker's start (5,000 new users read, 10,000 embeddings fetched) weighs on
- * its figure. The worker's line also says where its time went, from its own metrics.
+ * user + system time over the same window (the Redis server's CPU is not included). The
+ * worker's line also says where its time went, from its own metrics.
+ *
+ * Why 4,000,000: the worker's run has two costs that do not grow with the stream, its start
+ * (5,000 new users read, 10,000 embeddings fetched: about 0.4 s) and its end (every user's
+ * state written by the last flush: 0.6 to 1.2 s), and a sustained rate is one they do not
+ * dominate. At 1,000,000 events they were 35 to 47 % of the worker's run, and whether a
+ * second flush fell inside it depended on the machine's speed that minute, so the ratio to the
+ * bare consumer moved between 0.46 and 0.64 from run to run on one topic; at 2, 4 and 8
+ * million it settled (docs/benchmarks.md, round of 2026-12-04 11:05). `--events=1000000` gives
+ * the shorter run.
  *
  * Usage: npm run bench:worker -- [--json] [--events=N] [--users=U] [--dim=D] [--runs=bare,m1,m12]
  *   [--keep-topic | --topic=T]
@@ -386,7 +393,7 @@ function parseOptions(args: readonly string[]): Options {
   const options: Options = {
     json: false,
     runs: new Set(['bare', 'm1', 'm12']),
-    events: 1_000_000,
+    events: 4_000_000,
     users: 5_000,
     dim: 384,
     topic: null,
