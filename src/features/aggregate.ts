@@ -141,7 +141,12 @@ function addWeight(
   return decayedWeight / agg.scales[slot]!;
 }
 
-/** Rows r, r + 1, r + 2 (from `offset`, `dim` apart) += w0 x, w1 x, w2 x. */
+/**
+ * Rows r, r + 1, r + 2 (from `offset`, `dim` apart) += w0 x, w1 x, w2 x, in float32 arithmetic:
+ * the weight rounded to float32, the product rounded, the sum rounded (by the store). The
+ * arena's kernel does the same four floats at a time, and the two agree bit for bit
+ * (row-arena.ts says why Math.fround gives exactly float32's operations).
+ */
 function addThreeRows(
   sums: Float32Array,
   offset: number,
@@ -153,16 +158,20 @@ function addThreeRows(
 ): void {
   const o1 = offset + dim;
   const o2 = o1 + dim;
+  const f0 = Math.fround(w0);
+  const f1 = Math.fround(w1);
+  const f2 = Math.fround(w2);
   for (let k = 0; k < dim; k++) {
     const value = x[k]!;
-    sums[offset + k]! += w0 * value;
-    sums[o1 + k]! += w1 * value;
-    sums[o2 + k]! += w2 * value;
+    sums[offset + k]! += Math.fround(f0 * value);
+    sums[o1 + k]! += Math.fround(f1 * value);
+    sums[o2 + k]! += Math.fround(f2 * value);
   }
 }
 
 function addRow(sums: Float32Array, offset: number, dim: number, w: number, x: Float32Array): void {
-  for (let k = 0; k < dim; k++) sums[offset + k]! += w * x[k]!;
+  const f = Math.fround(w);
+  for (let k = 0; k < dim; k++) sums[offset + k]! += Math.fround(f * x[k]!);
 }
 
 /** The decayed sum of one slot: a new array, the row times its deferred decay. */

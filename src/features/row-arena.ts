@@ -6,12 +6,19 @@
  * half-lives (one float at a time, converting each between float32 and float64), the largest
  * single cost of the worker's apply.
  *
- * The kernel is the JavaScript loop of features/aggregate.ts two lanes at a time and gives the
- * same bits: each float32 is widened to float64, multiplied by the float64 weight, added, and
- * rounded back to float32 to nearest-even, which is what a Float32Array store does (WebAssembly
- * Core Specification 2.0, 4.3.3: promote, demote; ECMAScript's ToFloat32 rounds the same way).
- * States in the arena and states outside it therefore evolve identically, and the offline replay
- * (which uses no arena) equals the worker bit for bit.
+ * The kernel is the JavaScript loop of features/aggregate.ts four lanes at a time and gives the
+ * same bits: the weight is rounded to float32, multiplied by the float32 embedding and the
+ * product added to the float32 row, each operation rounded to float32 to nearest-even
+ * (WebAssembly Core Specification 2.0, 4.3.3); the loop computes the same with Math.fround,
+ * which is exact here (a product of two float32 values is exact in float64, and rounding a
+ * float64 sum of two float32 values to float32 is the correctly rounded float32 sum, since
+ * 53 >= 2 * 24 + 2: Figueroa, "When is double rounding innocuous?", SIGNUM Newsletter 30(3),
+ * 1995). States in the arena and states outside it therefore evolve identically, and the
+ * offline replay (which uses no arena) equals the worker bit for bit. Until 2026-12-04 the
+ * kernel widened each float to float64 and rounded once per update, two floats per vector:
+ * `addRows` took 430 to 470 ns per event at d = 384 with three rows, against 200 to 210 ns now
+ * (5,000 states, eight events each in turn). The conversions bounded it, not the memory: with
+ * 50 states, all in cache, it took 380 to 450 ns. docs/benchmarks.md, round of 2026-12-04 11:05.
  *
  * Slots are handed out from chunks of fixed-size memories, never grown: growing a WebAssembly
  * memory detaches every view on it. The holder releases a slot when it drops the state; a state
@@ -27,8 +34,10 @@ import {
   encodeModule,
   forLoop,
   get,
+  load128,
   set,
   simd,
+  store128,
   unsignedLeb128,
   wasm,
 } from './wasm-assembler.js';
@@ -46,8 +55,8 @@ interface Chunk {
   readonly kernels: RowExports;
   /** The embedding being added, copied here (the kernel reads only this memory). */
   readonly x: Float32Array;
-  /** The weights of the rows being updated, as the kernel reads them. */
-  readonly weights: Float64Array;
+  /** The weights of the rows being updated, as the kernel reads them (rounded to float32). */
+  readonly weights: Float32Array;
   /** Byte offset of slot 0. */
   readonly slotsAt: number;
 }
@@ -65,11 +74,11 @@ export class RowArena {
 
   /**
    * `slotFloats` per state (rows × dim), rows of `dim` floats, at most `maxSlots` states. Null
-   * where the kernels cannot run: no SIMD in this runtime, or an odd dimension (the kernel
-   * takes two floats at a time).
+   * where the kernels cannot run: no SIMD in this runtime, or a dimension that is not a
+   * multiple of 4 (the kernel takes four floats at a time).
    */
   static create(dim: number, slotFloats: number, maxSlots: number): RowArena | null {
-    if (dim % 2 !== 0 || rowModule() === null) return null;
+    if (dim % 4 !== 0 || rowModule() === null) return null;
     return new RowArena(dim, slotFloats, maxSlots);
   }
 
@@ -151,7 +160,7 @@ export class RowArena {
       memory,
       kernels: instance.exports as unknown as RowExports,
       x: new Float32Array(memory.buffer, 0, this.dim),
-      weights: new Float64Array(memory.buffer, xBytes, 3),
+      weights: new Float32Array(memory.buffer, xBytes, 3),
       slotsAt,
     };
     this.chunks.set(memory.buffer, chunk);
@@ -166,36 +175,36 @@ function align16(bytes: number): number {
 
 /**
  * addThreeRows(row, rowBytes, x, weights) / addOneRow: for each of 1 or 3 rows (rowBytes
- * apart from `row`), row[k] = f32(f64(row[k]) + f64(x[k]) · weights[r]), two floats per step.
+ * apart from `row`), row[k] = f32(row[k] + f32(x[k] · weights[r])) with float32 weights, four
+ * floats per step (rowBytes a multiple of 16).
  */
 function rowKernel(name: string, rows: number): KernelFunction {
   const [row, rowBytes, x, weights] = [0, 1, 2, 3];
   const j = 4;
   const base = (r: number) => 5 + r;
-  const weight = (r: number) => 5 + rows + r;
-  const xv = 5 + 2 * rows;
-  const load64Zero = simd(OP.v128Load64Zero, 3, 0);
-  const promote = simd(OP.f64x2PromoteLowF32x4);
+  const address = 5 + rows;
+  const weight = (r: number) => 6 + rows + r;
+  const xv = 6 + 2 * rows;
 
   const setup: Code = [];
   for (let r = 0; r < rows; r++) {
-    setup.push(...get(weights), ...simd(OP.v128Load64Splat, 3, ...unsignedLeb128(8 * r)));
+    setup.push(...get(weights), ...simd(OP.v128Load32Splat, 2, ...unsignedLeb128(4 * r)));
     setup.push(...set(weight(r)));
     if (r === 0) setup.push(...get(row), ...set(base(0)));
     else setup.push(...get(base(r - 1)), ...get(rowBytes), OP.i32Add, ...set(base(r)));
   }
-  const step: Code = [...get(x), ...get(j), OP.i32Add, ...load64Zero, ...promote, ...set(xv)];
+  const step: Code = [...get(x), ...get(j), OP.i32Add, ...load128, ...set(xv)];
   for (let r = 0; r < rows; r++) {
-    const address = [...get(base(r)), ...get(j), OP.i32Add];
-    step.push(...address, ...address, ...load64Zero, ...promote);
-    step.push(...get(xv), ...get(weight(r)), ...simd(OP.f64x2Mul), ...simd(OP.f64x2Add));
-    step.push(...simd(OP.f32x4DemoteF64x2Zero), ...simd(OP.v128Store64Lane, 3, 0, 0));
+    step.push(...get(base(r)), ...get(j), OP.i32Add, ...set(address));
+    step.push(...get(address), ...get(address), ...load128);
+    step.push(...get(xv), ...get(weight(r)), ...simd(OP.f32x4Mul), ...simd(OP.f32x4Add));
+    step.push(...store128);
   }
   return {
     name,
     parameters: 4,
-    locals: [I32, ...new Array<number>(rows).fill(I32), ...new Array<number>(rows + 1).fill(V128)],
-    body: [...setup, ...forLoop(j, rowBytes, 8, step)],
+    locals: [...new Array<number>(rows + 2).fill(I32), ...new Array<number>(rows + 1).fill(V128)],
+    body: [...setup, ...forLoop(j, rowBytes, 16, step)],
   };
 }
 

@@ -46,6 +46,7 @@ export const OP = {
   simdPrefix: 0xfd,
   v128Load: 0,
   v128Store: 11,
+  v128Load32Splat: 9,
   v128Load64Splat: 10,
   v128Const: 12,
   f64x2Splat: 20,
@@ -54,6 +55,8 @@ export const OP = {
   f32x4DemoteF64x2Zero: 94,
   f64x2PromoteLowF32x4: 95,
   f64x2ExtractLane: 33,
+  f32x4Add: 228,
+  f32x4Mul: 230,
   f64x2Add: 240,
   f64x2Mul: 242,
 } as const;

@@ -51,7 +51,7 @@ for (const [dim, halfLives] of [
   [384, 1],
   [64, 4],
   [8, 5],
-  [2, 2],
+  [4, 2],
 ] as const) {
   test(`arena rows equal JavaScript rows bit for bit: d = ${dim}, ${halfLives} half-lives`, () => {
     const { embeddings, events, halfLivesMs } = scenario(dim, halfLives, dim * 31 + halfLives);
@@ -92,6 +92,8 @@ test('slots are zeroed, reused after release, and the arena says when it is full
   assert.notEqual(second.byteOffset, reused.byteOffset);
 });
 
-test('an odd dimension gets no arena; the state then lives in a plain array', () => {
+test('a dimension that is not a multiple of 4 gets no arena; the state lives in a plain array', () => {
   assert.equal(RowArena.create(3, 6, 4), null);
+  assert.equal(RowArena.create(6, 12, 4), null);
+  assert.ok(RowArena.create(12, 24, 4));
 });
