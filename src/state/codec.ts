@@ -51,7 +51,7 @@ export function encodeStateWrite(
   revision: number,
   writer = new HistoryJsonWriter(ONE_OFF_BLOCK_BYTES),
 ): EncodedFields {
-  const fields = encodeAllButHistory(state, layout, revision);
+  const fields = encodeAllButHistory(state, layout, revision, writer);
   fields.push('hist', encodeHistory(state.history, writer));
   return fields;
 }
@@ -60,6 +60,7 @@ function encodeAllButHistory(
   state: UserState,
   layout: AggregateLayout,
   revision: number,
+  writer: HistoryJsonWriter,
 ): EncodedFields {
   const { aggregates, dual } = state;
   const fields: EncodedFields = [
@@ -74,7 +75,7 @@ function encodeAllButHistory(
   ];
   if (aggregates.anchorMs !== null) fields.push('anchor_ms', String(aggregates.anchorMs));
   for (const [partition, offset] of state.offsets) fields.push(`off:${partition}`, String(offset));
-  encodeAggregates(state, layout, fields);
+  encodeAggregates(state, layout, fields, writer);
   fields.push('pending', JSON.stringify(state.pending));
   if (dual) encodeDual(dual, fields);
   return fields;
@@ -87,12 +88,17 @@ function encodeAllButHistory(
  * `numpy.frombuffer(...).reshape(...)` for each. The rows are stored unsettled, so that the
  * state read back continues bit for bit as the one held in memory would have.
  */
-function encodeAggregates(state: UserState, layout: AggregateLayout, fields: EncodedFields): void {
+function encodeAggregates(
+  state: UserState,
+  layout: AggregateLayout,
+  fields: EncodedFields,
+  writer: HistoryJsonWriter,
+): void {
   const { sums, scales, weights } = state.aggregates;
   fields.push('half_lives_ms', layout.halfLivesMs.join(','));
   fields.push('sums', littleEndianView(sums));
-  fields.push('scales', littleEndianView(scales));
-  fields.push('weights', littleEndianView(weights));
+  fields.push('scales', writer.float64LE(scales));
+  fields.push('weights', writer.float64LE(weights));
 }
 
 function encodeDual(dual: NonNullable<UserState['dual']>, fields: EncodedFields): void {

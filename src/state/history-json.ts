@@ -85,6 +85,19 @@ export class HistoryJsonWriter {
     return length;
   }
 
+  /**
+   * The little-endian bytes of `values` as a piece of their own. The state's small float64
+   * arrays (its scales and weights) go this way rather than as views of their memory: V8 keeps
+   * arrays that small inside the heap, and the first view of one moves it out, which cost 5 µs
+   * a time in the engine at a flush's first write of each state (50 ms for 5,000 states).
+   */
+  float64LE(values: Float64Array): JsonBytes {
+    this.begin();
+    this.room(8 * values.length);
+    for (const value of values) this.at = this.block.writeDoubleLE(value, this.at);
+    return this.end();
+  }
+
   /** The piece since `begin`. */
   end(): JsonBytes {
     return this.block.subarray(this.start, this.at);
