@@ -16,7 +16,7 @@ import { performance } from 'node:perf_hooks';
 import type { Consumer, EachBatchPayload, Kafka } from 'kafkajs';
 import { Counter, Gauge, Histogram } from 'prom-client';
 import type { Registry } from 'prom-client';
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import type { Config } from '../config/config.js';
 import { AffinityError } from '../errors.js';
 import { EmbeddingCache } from '../items/cache.js';
@@ -27,6 +27,7 @@ import type { NeuralUserState } from '../state/neural-state.js';
 import { NeuralStateStore, applyNeuralEvents, encoderWindow } from '../state/neural-state.js';
 import type { SequencedEvent } from '../state/user-state.js';
 import { decodeEvent } from '../stream/decode.js';
+import { workerRedis } from '../ops/redis.js';
 import { createKafka } from '../stream/kafka.js';
 import { consumerTimings } from './events-worker.js';
 import { ModelHolder } from '../neural/model-holder.js';
@@ -112,7 +113,7 @@ export class NeuralWorker {
       );
     }
     this.kafka = createKafka(config.kafkaBrokers, `${config.kafkaClientId}-neural`, logger);
-    this.redis = new Redis(config.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 3 });
+    this.redis = workerRedis(config.redisUrl, 'neural', logger);
     this.consumer = this.kafka.consumer({
       ...consumerTimings(config),
       groupId: config.neuralGroupId,
