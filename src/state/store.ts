@@ -164,9 +164,9 @@ export class UserStateStore {
    * Between chunks the loop gives the event loop a turn. The socket takes a few MB at once
    * (net.ipv4.tcp_wmem, 4 MB here), about one chunk; without the turn, the rest of a flush
    * waited in Node's stream buffer until every chunk was encoded, Redis stood idle meanwhile,
-   * and its last reply came 100 to 350 ms after the last chunk was sent; with the turn, 2 to
+   * and its last reply came 140 to 350 ms after the last chunk was sent; with the turn, 2 to
    * 70 ms. Three pairs at 1,000,000 events: from the last event read to the last acknowledged,
-   * 0.98 to 1.12 s → 0.57 to 0.62 s (docs/benchmarks.md, round of 2026-12-04 12:20).
+   * 0.98 to 1.12 s → 0.57 to 0.62 s (docs/benchmarks.md, round of 2026-12-04 11:05).
    */
   startWrites(states: ReadonlyMap<string, UserState>, layout: AggregateLayout): StateWriting {
     if (!this.scriptLoading) this.loadSwapScript();
