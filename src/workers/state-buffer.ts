@@ -428,20 +428,25 @@ export class StateBuffer {
   /**
    * Re-reads the users whose write lost a race and applies their events of the held batches
    * again: every event applied to them since their last confirmed write is there (and perhaps
-   * older ones, which the newer state's offsets skip like the rest it already holds).
+   * older ones, which the newer state's offsets skip like the rest it already holds). The items
+   * looked up are those events' and those the newer states wait for, as in applyNow, so that a
+   * waiting event whose embedding has arrived is folded in here too.
    */
   private async reapply(sent: SentWrite, users: readonly string[]): Promise<Map<string, Entry>> {
     const { raw } = await this.store.readRaw(users);
     const layout = this.layout();
     const entries = new Map(users.map((user) => [user, sent.states.get(user)!.entry]));
+    for (const [user, entry] of entries) {
+      this.arena?.release(entry.state.aggregates.sums);
+      entry.state = this.decode(user, raw.get(user)!, layout);
+    }
     const byUser = this.heldEventsOf(users);
     const items = [...byUser.values()].flat().map(({ event }) => event.item);
+    addWaitingItems(items, [...entries.values()]);
     const embedding = await this.cache.resolver(items);
     const context = this.updateContext(layout, embedding);
 
     for (const [user, entry] of entries) {
-      this.arena?.release(entry.state.aggregates.sums);
-      entry.state = this.decode(user, raw.get(user)!, layout);
       const own = byUser.get(user)!;
       entry.unconfirmed = own.length;
       entry.applied = applyEvents(entry.state, own, context).applied;
