@@ -7,6 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import type { TestContext } from 'node:test';
 import { Redis } from 'ioredis';
 import type { Config } from '../../src/config/config.js';
 import type { WorkerMetrics } from '../../src/ops/metrics.js';
@@ -25,14 +26,7 @@ const USERS = ['ann', 'ben'];
 const SUM_TOLERANCE = 1e-6;
 
 test('a write that lost a race is redone on the newer state, every event applied once', async (t) => {
-  const config = testConfig({ AFFINITY_DUAL_ENABLED: 'false' });
-  defer(t, () => deleteKeys(config.keyPrefix));
-  const catalogue = randomCatalogue(20, DIM, 5);
-  await loadCatalogueIntoRedis(config, catalogue);
-  const redis = new Redis(REDIS_URL);
-  defer(t, () => redis.quit());
-  const a = testStateBuffer(config, redis);
-  const b = testStateBuffer(config, redis);
+  const { config, catalogue, a, b } = await twoConsumers(t, 5);
 
   // Offsets 0-19, the users taking turns. A applies and writes 0-9, then applies 10-19 without
   // writing them.
@@ -52,31 +46,15 @@ test('a write that lost a race is redone on the newer state, every event applied
   assert.equal(applied, 20, 'each event applied once over both consumers');
   assert.equal(await counter(a.metrics, 'freshness'), 20, "each of A's events in freshness once");
 
-  const layout = { dim: DIM, halfLivesMs: config.halfLivesMs };
-  const stored = await a.store.loadMany(USERS, layout);
+  const stored = await a.store.loadMany(USERS, layoutOf(config));
   for (const user of USERS) {
-    const expected = emptyUserState(layout);
-    const own = events(0, 20).filter(({ event }) => event.user === user);
-    applyEvents(expected, own, {
-      signals: config.signals,
-      layout,
-      historyMaxEvents: config.historyMaxEvents,
-      pendingMaxEvents: config.pendingMaxEvents,
-      embedding: (item) => catalogue.get(item),
-    });
+    const expected = plainPass(config, events(0, 20), user, catalogue);
     assertSameState(stored.get(user)!, expected, user);
   }
 });
 
 test('a redone write folds in what the newer state waits for, once its embedding exists', async (t) => {
-  const config = testConfig({ AFFINITY_DUAL_ENABLED: 'false' });
-  defer(t, () => deleteKeys(config.keyPrefix));
-  const catalogue = randomCatalogue(20, DIM, 6);
-  await loadCatalogueIntoRedis(config, catalogue);
-  const redis = new Redis(REDIS_URL);
-  defer(t, () => redis.quit());
-  const a = testStateBuffer(config, redis);
-  const b = testStateBuffer(config, redis);
+  const { config, catalogue, redis, a, b } = await twoConsumers(t, 6);
   // Offset 3 (ben's) is of an item without embedding: it waits in every state written below,
   // and none of the events A holds when its write is redone names that item.
   const stream = (start: number, count: number) =>
@@ -91,7 +69,7 @@ test('a redone write folds in what the newer state waits for, once its embedding
   await a.buffer.apply(...columnsOf(stream(10, 10), config));
   await b.buffer.apply(...columnsOf(stream(5, 10), config));
   await b.buffer.flush();
-  const layout = { dim: DIM, halfLivesMs: config.halfLivesMs };
+  const layout = layoutOf(config);
   assert.equal((await a.store.load('ben', layout)).pending.length, 1, "B's state waits");
   const late = randomCatalogue(1, DIM, 7).get('i0')!;
   await new ItemStore(redis, { prefix: config.keyPrefix }).applyChanges(
@@ -103,19 +81,51 @@ test('a redone write folds in what the newer state waits for, once its embedding
   const stored = await a.store.loadMany(USERS, layout);
   const withLate = new Map([...catalogue, ['late', late]]);
   for (const user of USERS) {
-    const expected = emptyUserState(layout);
-    const own = stream(0, 20).filter(({ event }) => event.user === user);
-    applyEvents(expected, own, {
-      signals: config.signals,
-      layout,
-      historyMaxEvents: config.historyMaxEvents,
-      pendingMaxEvents: config.pendingMaxEvents,
-      embedding: (item) => withLate.get(item),
-    });
+    const expected = plainPass(config, stream(0, 20), user, withLate);
     assert.deepEqual(stored.get(user)!.pending, [], `${user}: nothing waits`);
     assertSameState(stored.get(user)!, expected, user, 1e-12);
   }
 });
+
+/** The old owner (A) and the new one (B) of partition 0, on one Redis, over one catalogue. */
+async function twoConsumers(t: TestContext, seed: number) {
+  const config = testConfig({ AFFINITY_DUAL_ENABLED: 'false' });
+  defer(t, () => deleteKeys(config.keyPrefix));
+  const catalogue = randomCatalogue(20, DIM, seed);
+  await loadCatalogueIntoRedis(config, catalogue);
+  const redis = new Redis(REDIS_URL);
+  defer(t, () => redis.quit());
+  const a = testStateBuffer(config, redis);
+  const b = testStateBuffer(config, redis);
+  return { config, catalogue, redis, a, b };
+}
+
+function layoutOf(config: Config) {
+  return { dim: DIM, halfLivesMs: config.halfLivesMs };
+}
+
+/** `user`'s state after one plain pass over the stream, every embedding there from the start. */
+function plainPass(
+  config: Config,
+  stream: readonly SequencedEvent[],
+  user: string,
+  embeddings: ReadonlyMap<string, Float32Array>,
+): UserState {
+  const layout = layoutOf(config);
+  const expected = emptyUserState(layout);
+  applyEvents(
+    expected,
+    stream.filter(({ event }) => event.user === user),
+    {
+      signals: config.signals,
+      layout,
+      historyMaxEvents: config.historyMaxEvents,
+      pendingMaxEvents: config.pendingMaxEvents,
+      embedding: (item) => embeddings.get(item),
+    },
+  );
+  return expected;
+}
 
 /** `count` offsets from `start` of partition 0, users taking turns, a minute apart. */
 function events(start: number, count: number): SequencedEvent[] {
