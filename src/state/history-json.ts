@@ -9,6 +9,9 @@
  * entry is its item's cached prefix (`{"item":"i1","ts":`), the timestamp's digits and its
  * type's cached suffix (`,"type":"click"}`), each copied once; every other shape goes through
  * JSON.stringify. The bytes are exactly JSON.stringify's UTF-8 (tested).
+ *
+ * The same memory holds the write's few other pieces that must be copied out of the state
+ * (`float64LE`), so that one reset frees all of a chunk's pieces.
  */
 
 import { digitCount, writeDigits } from '../encoding/decimal.js';

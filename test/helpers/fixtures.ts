@@ -3,6 +3,8 @@ import type { TestContext } from 'node:test';
 import { Redis } from 'ioredis';
 import type { Config } from '../../src/config/config.js';
 import type { InteractionEvent } from '../../src/events/types.js';
+import { DEFAULT_SIGNALS_SPEC, parseSignals } from '../../src/events/types.js';
+import type { DecodeLimits } from '../../src/stream/decode.js';
 import type { AggregateLayout } from '../../src/features/aggregate.js';
 import { ItemStore } from '../../src/items/store.js';
 import { createLogger } from '../../src/ops/logger.js';
@@ -15,6 +17,20 @@ import { StateBuffer } from '../../src/workers/state-buffer.js';
 import { EmbeddingCache } from '../../src/items/cache.js';
 import { defer } from './cleanup.js';
 import { REDIS_URL, seededRandom } from './services.js';
+
+/**
+ * The limits the stream tests decode with: the default signals, values up to 1,000, events up
+ * to a year old and an hour ahead, messages up to `maxMessageBytes`.
+ */
+export function testDecodeLimits(maxMessageBytes: number): DecodeLimits {
+  return {
+    maxMessageBytes,
+    maxEventValue: 1_000,
+    maxEventAgeMs: 365 * 86_400_000,
+    maxEventFutureMs: 3_600_000,
+    signals: parseSignals(DEFAULT_SIGNALS_SPEC),
+  };
+}
 
 export const TYPES = ['click', 'like', 'purchase', 'dislike', 'skip'] as const;
 export const DEFAULT_WEIGHTS: Record<string, number> = {

@@ -1,17 +1,10 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { DEFAULT_SIGNALS_SPEC, parseSignals } from '../../src/events/types.js';
-import type { DecodeLimits } from '../../src/stream/decode.js';
 import { decodeEvent } from '../../src/stream/decode.js';
+import { testDecodeLimits } from '../helpers/fixtures.js';
 
 const NOW_MS = 1_700_000_000_000;
-const limits: DecodeLimits = {
-  maxMessageBytes: 512,
-  maxEventValue: 1_000,
-  maxEventAgeMs: 365 * 86_400_000,
-  maxEventFutureMs: 3_600_000,
-  signals: parseSignals(DEFAULT_SIGNALS_SPEC),
-};
+const limits = testDecodeLimits(512);
 
 function decode(value: unknown) {
   const bytes = typeof value === 'string' ? Buffer.from(value) : Buffer.from(JSON.stringify(value));

@@ -1,21 +1,14 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { DEFAULT_SIGNALS_SPEC, parseSignals } from '../../src/events/types.js';
 import type { InteractionEvent } from '../../src/events/types.js';
-import type { DecodeLimits } from '../../src/stream/decode.js';
 import { decodeEvent, eventOf } from '../../src/stream/decode.js';
 import { EventScanner } from '../../src/stream/scan.js';
 import { signalTypes } from '../../src/workers/engine-link.js';
+import { testDecodeLimits } from '../helpers/fixtures.js';
 import { seededRandom } from '../helpers/services.js';
 
 const NOW_MS = 1_700_000_000_000;
-const limits: DecodeLimits = {
-  maxMessageBytes: 2_048,
-  maxEventValue: 1_000,
-  maxEventAgeMs: 365 * 86_400_000,
-  maxEventFutureMs: 3_600_000,
-  signals: parseSignals(DEFAULT_SIGNALS_SPEC),
-};
+const limits = testDecodeLimits(2_048);
 const types = signalTypes(limits.signals);
 const scanner = new EventScanner(limits, types.index);
 
